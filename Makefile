@@ -1,0 +1,30 @@
+# Every target creates .venv (Python >= 3.11) and installs the package if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_CONFIG  ?= configs/trigflow_digits.py
+DEMO_WORKDIR ?= runs/demo
+PYTEST_ARGS  ?=
+
+.PHONY: install demo test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Train the embedded default, then write sample grids and metrics to $(DEMO_WORKDIR).
+demo: $(STAMP)
+	$(BIN)/python -m fewstep_jax.main --config=$(DEMO_CONFIG) --workdir=$(DEMO_WORKDIR)
+	@echo "samples: $(DEMO_WORKDIR)/samples  metrics: $(DEMO_WORKDIR)/metrics.jsonl  summary: $(DEMO_WORKDIR)/summary.json"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,149 @@
+"""Orbax checkpoints: periodic saves with retention, resume, config compatibility.
+
+A checkpoint step directory holds three items:
+  state   the TrainState (sharding-aware, restored onto the current mesh)
+  data    the data iterator state (JSON)
+  config  the full experiment config (JSON), to refuse resuming under a config
+          that would silently change the experiment
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+#: Config keys that may change between a checkpoint and its resumption: they
+#: control how long and how visibly training runs, not what it computes.
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.sample_every",
+    "train.eval_every",
+)
+RESUMABLE_SECTIONS = ("eval.",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, or from another experiment."""
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json())
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable list of differences that matter for resuming."""
+    a, b = flatten(saved), flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_SECTIONS):
+            continue
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(va, list):
+            va = tuple(va)
+        if isinstance(vb, list):
+            vb = tuple(vb)
+        if va != vb:
+            diffs.append(f"{key}: checkpoint has {va!r}, config has {vb!r}")
+    return diffs
+
+
+class Checkpointer:
+    """Thin wrapper over orbax's CheckpointManager for this suite's items."""
+
+    def __init__(self, directory: str, *, keep: int):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(keep, 1), create=True)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=("state", "data", "config"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config_to_json(config)),
+            ),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def saved_config(self, step: int) -> dict[str, Any]:
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types; all mean "cannot read"
+            raise CheckpointError(self.unreadable(step, e)) from e
+        return restored["config"]
+
+    def check_compatible(self, step: int, config: ml_collections.ConfigDict, *, allow_change: bool) -> None:
+        """Refuse to resume a checkpoint written under a different experiment config."""
+        diffs = config_differences(self.saved_config(step), config_to_json(config))
+        if not diffs:
+            return
+        listing = "\n  ".join(diffs)
+        if allow_change:
+            logging.warning("Resuming step %d despite config changes:\n  %s", step, listing)
+            return
+        raise CheckpointError(
+            f"the workdir {os.path.dirname(self.directory)} holds a checkpoint (step {step}) of a different "
+            f"config:\n  {listing}\nUse a fresh --workdir, or pass --allow_config_change to resume anyway."
+        )
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStruct leaves)."""
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(self.unreadable(step, e)) from e
+        return restored["state"], restored["data"]
+
+    def unreadable(self, step: int, err: Exception) -> str:
+        path = os.path.join(self.directory, str(step))
+        return (
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"Move that directory away to resume from an earlier checkpoint, or use a fresh --workdir."
+        )
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStruct leaves carrying the target shardings (restore onto any mesh)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,281 @@
+"""Configuration defaults, presets and validation.
+
+Every file in `configs/` builds its ConfigDict from `base_config()` here and
+mutates the sections it cares about, so a config can be loaded from any working
+directory (the defaults live in the installed package, not next to the config
+files). Sections:
+
+  data      which embedded / real dataset (see fewstep_jax.data)
+  model     network name and its hyperparameters (see fewstep_jax.models)
+  method    training objective and sampler defaults (see fewstep_jax.methods)
+  optim     optimizer, schedule, clipping
+  train     steps, batch, EMAs, logging / checkpoint / sample / eval cadence
+  eval      NFEs, sampler, number of samples, guidance
+  sharding  device mesh layout
+
+`validate(config, num_devices)` checks everything that can be checked in Python
+so that bad input fails before any JAX compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "adamw", "radam")
+SCHEDULES = ("constant", "cosine", "inverse_sqrt", "linear")
+SAMPLERS = ("euler", "heun")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults every experiment config starts from."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict(dict(name="digits", conditional=True))
+    c.model = digits_unet()
+    c.method = ml_collections.ConfigDict(dict(name="trigflow"))
+
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            lr=1e-3,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_steps=0,
+            # inverse_sqrt: lr * 1 / sqrt(max(step / decay_steps, 1)) (EDM2 style);
+            # cosine / linear: decay to `end_factor * lr` over the run.
+            decay_steps=0,
+            end_factor=0.0,
+            grad_clip=0.0,  # global-norm clipping; 0 disables
+        )
+    )
+
+    c.train = ml_collections.ConfigDict(
+        dict(
+            num_steps=2000,
+            batch_size=128,
+            # EMAs of the parameters: per-step decays, and half-lives in images
+            # (decay = 0.5 ** (batch_size / half_life)), in that order.
+            ema_decays=(0.999,),
+            ema_halflives=(),
+            log_every=50,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            sample_every=1000,  # sample grids (PNG) at every eval NFE; 0 disables
+            eval_every=1000,  # metrics at every eval NFE; 0 disables
+        )
+    )
+
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            nfes=(1, 2, 4, 8),  # sampling steps to evaluate (for Heun: steps, NFE 2n-1)
+            sampler="euler",
+            num_samples=0,  # 0: the evaluator's recommended count
+            grid_size=100,  # samples in a grid PNG
+            guidance=1.0,  # classifier-free guidance scale (1 = none)
+            use_ema=True,  # sample with the first EMA
+            batch_size=500,
+        )
+    )
+
+    c.sharding = ml_collections.ConfigDict(dict(fsdp=1))
+    return c
+
+
+def digits_unet(**overrides: Any) -> ml_collections.ConfigDict:
+    """The small DDPM++-style UNet used for every digits experiment."""
+    cfg = dict(
+        name="unet",
+        channels=32,
+        channel_mult=(1, 2),
+        num_blocks=2,
+        attn_resolutions=(4,),
+        dropout=0.0,
+        time_scale=1.0,
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def toy_mlp(**overrides: Any) -> ml_collections.ConfigDict:
+    """The MLP used for every toy2d experiment."""
+    cfg = dict(name="mlp", hidden=256, depth=4, emb_dim=128, time_scale=1.0)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def toy_data(distribution: str = "checkerboard") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(name="toy2d", distribution=distribution))
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink a config so that training runs in seconds on a CPU."""
+    config.train.num_steps = 30
+    config.train.batch_size = 32
+    config.train.log_every = 10
+    config.train.checkpoint_every = 15
+    config.train.sample_every = 30
+    config.train.eval_every = 30
+    config.eval.nfes = (1, 2)
+    config.eval.num_samples = 200
+    config.eval.grid_size = 16
+    config.eval.batch_size = 200
+    if config.model.name == "unet":
+        config.model.channels = 16
+        config.model.num_blocks = 1
+    else:
+        config.model.hidden = 64
+        config.model.depth = 2
+    return config
+
+
+def load_sibling(this_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of configs/<name>.py next to `this_file` (for configs built on another)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"fewstep_config_{name}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config {path} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def parse_variant(arg: str | None, known: Iterable[str]) -> str:
+    """`configs/x.py:smoke` -> 'smoke'; '' for none; clear error for anything else."""
+    variant = (arg or "").strip()
+    known = tuple(known)
+    if variant and variant not in known:
+        raise ValueError(f"unknown config variant {variant!r}; known variants: {', '.join(known) or 'none'}")
+    return variant
+
+
+# ---------------------------------------------------------------------------
+# Typed views (a frozen dataclass per section, built from the ConfigDict: an
+# unknown or missing key fails here, at construction, never inside jit).
+
+
+def typed_view(cls: type, section: Mapping[str, Any], where: str):
+    """Build frozen dataclass `cls` from `section`, rejecting unknown keys."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    keys = set(section.keys())
+    unknown = sorted(keys - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in config section '{where}'; accepted keys: {sorted(fields)}"
+        )
+    values = {k: section[k] for k in keys}
+    for k, v in values.items():
+        if isinstance(v, list):
+            values[k] = tuple(v)
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    end_factor: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_steps: int = 2000
+    batch_size: int = 128
+    ema_decays: tuple[float, ...] = (0.999,)
+    ema_halflives: tuple[float, ...] = ()
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 1000
+    eval_every: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    nfes: tuple[int, ...] = (1, 2, 4, 8)
+    sampler: str = "euler"
+    num_samples: int = 0
+    grid_size: int = 100
+    guidance: float = 1.0
+    use_ema: bool = True
+    batch_size: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    fsdp: int = 1
+
+
+TOP_LEVEL_KEYS = ("seed", "data", "model", "method", "optim", "train", "eval", "sharding")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Check the whole config in Python; raise ValueError naming the problem.
+
+    Covers: unknown sections or keys, unknown dataset / network / method /
+    optimizer / schedule / sampler names, option ranges, and a global batch
+    that the devices cannot split evenly.
+    """
+    # Imported here: the registries import jax/flax, the config files must not.
+    from fewstep_jax import data as data_lib
+    from fewstep_jax import methods as methods_lib
+    from fewstep_jax import models as models_lib
+
+    unknown = sorted(set(config.keys()) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL_KEYS)}")
+    optim = typed_view(OptimConfig, config.optim, "optim")
+    train = typed_view(TrainConfig, config.train, "train")
+    ev = typed_view(EvalConfig, config.eval, "eval")
+    sharding = typed_view(ShardingConfig, config.sharding, "sharding")
+
+    if optim.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optim.name!r}; known: {', '.join(OPTIMIZERS)}")
+    if optim.schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {optim.schedule!r}; known: {', '.join(SCHEDULES)}")
+    if optim.lr <= 0:
+        raise ValueError(f"optim.lr must be positive, got {optim.lr}")
+    if optim.schedule == "inverse_sqrt" and optim.decay_steps <= 0:
+        raise ValueError("optim.schedule='inverse_sqrt' needs optim.decay_steps > 0 (the reference step)")
+    if ev.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {ev.sampler!r}; known: {', '.join(SAMPLERS)}")
+    if any(int(n) < 1 for n in ev.nfes):
+        raise ValueError(f"eval.nfes must be positive step counts, got {ev.nfes}")
+    if train.num_steps < 1 or train.batch_size < 1:
+        raise ValueError("train.num_steps and train.batch_size must be positive")
+    if not (train.ema_decays or train.ema_halflives) and ev.use_ema:
+        raise ValueError("eval.use_ema=True needs at least one EMA (train.ema_decays or train.ema_halflives)")
+    for d in train.ema_decays:
+        if not 0.0 <= d < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {d}")
+    for h in train.ema_halflives:
+        if h <= 0:
+            raise ValueError(f"EMA half-life (images) must be positive, got {h}")
+    if sharding.fsdp < 1 or num_devices % sharding.fsdp:
+        raise ValueError(f"sharding.fsdp={sharding.fsdp} must divide the device count {num_devices}")
+    if train.batch_size % num_devices:
+        raise ValueError(
+            f"global batch size train.batch_size={train.batch_size} is not divisible by the "
+            f"{num_devices} devices; use a multiple of {num_devices}"
+        )
+    data_lib.validate(config.data)
+    info, _ = data_lib.build_dataset(config.data, seed=config.seed, global_batch_size=train.batch_size)
+    net = models_lib.build(config.model, data_shape=info.shape, num_classes=info.num_classes)
+    methods_lib.build(config.method, net, info)  # validates the method section

@@ -1,0 +1,217 @@
+"""Sampling, sample grids (PNG), NFE sweeps and evaluation reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from fewstep_jax.config_lib import EvalConfig
+
+
+class SampleFns:
+    """Compiled sampling functions, one per (batch, steps, sampler, guidance)."""
+
+    def __init__(self, method):
+        self.method = method
+        self.cache: dict[tuple, Callable] = {}
+
+    def __call__(self, net_params, rng, *, labels, num_samples, num_steps, sampler, guidance):
+        key = (num_samples, num_steps, sampler, float(guidance), labels is None)
+        if key not in self.cache:
+            self.method.check_steps(num_steps)
+
+            def fn(params, rng, labels):
+                return self.method.sample(
+                    params,
+                    rng,
+                    num_samples=num_samples,
+                    labels=labels,
+                    num_steps=num_steps,
+                    sampler=sampler,
+                    guidance=guidance,
+                )
+
+            self.cache[key] = jax.jit(fn)
+        return self.cache[key]({"net": net_params}, rng, labels)
+
+
+def eval_labels(num_classes: int, n: int) -> np.ndarray | None:
+    """Balanced labels 0, 1, ..., C-1, 0, 1, ... for conditional models; None otherwise."""
+    return None if num_classes == 0 else (np.arange(n) % num_classes).astype(np.int32)
+
+
+def generate(
+    sample_fns: SampleFns,
+    net_params: Any,
+    rng: jax.Array,
+    *,
+    n: int,
+    labels: np.ndarray | None,
+    num_steps: int,
+    sampler: str,
+    guidance: float,
+    batch_size: int,
+) -> np.ndarray:
+    """n samples in batches of at most batch_size (last batch padded, then cut)."""
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        size = min(batch_size, n - start)
+        lab = None
+        if labels is not None:
+            lab = np.resize(labels[start : start + size], batch_size)  # pad to a fixed shape
+        x = sample_fns(
+            net_params,
+            jax.random.fold_in(rng, i),
+            labels=None if lab is None else jnp.asarray(lab),
+            num_samples=batch_size,
+            num_steps=num_steps,
+            sampler=sampler,
+            guidance=guidance,
+        )
+        out.append(np.asarray(jax.device_get(x))[:size])
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------
+# Pictures
+
+
+def image_grid(images: np.ndarray, *, cols: int | None = None, scale: int = 1) -> np.ndarray:
+    """[N, H, W, C] in [-1, 1] -> uint8 [rows*(H+1)+1, cols*(W+1)+1, 3] with 1-px borders."""
+    n, h, w, c = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    pix = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    if c == 1:
+        pix = np.repeat(pix, 3, axis=-1)
+    pix = pix.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), 64, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pix[i]
+    return grid
+
+
+def save_samples_png(
+    samples: np.ndarray,
+    path: str,
+    *,
+    title: str = "",
+    cols: int | None = None,
+    reference: np.ndarray | None = None,
+) -> None:
+    """Images -> a grid PNG; 2-D points -> a scatter plot PNG (reference in grey)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if samples.ndim == 4:
+        from PIL import Image
+
+        scale = max(1, 32 // samples.shape[1])
+        Image.fromarray(image_grid(samples, cols=cols, scale=scale)).save(path)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", label="data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=1, c="tab:blue", label="samples")
+    ax.set_xlim(-4.5, 4.5)
+    ax.set_ylim(-4.5, 4.5)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_metric_vs_nfe(rows: list[dict], metric: str, floor: float | None, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    nfes = [r["nfe"] for r in rows]
+    ax.plot(nfes, [r[metric] for r in rows], "o-", label="model")
+    if floor is not None:
+        ax.axhline(floor, color="0.4", ls="--", label="real-data floor")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# Sweeps
+
+
+def evaluate_steps(
+    method,
+    sample_fns: SampleFns,
+    net_params: Any,
+    evaluator: Any,
+    ev: EvalConfig,
+    rng: jax.Array,
+    steps: Sequence[int],
+) -> list[dict]:
+    """Metric rows (one per step count) for the configured sampler and guidance."""
+    n = ev.num_samples or evaluator.num_samples
+    labels = eval_labels(method.info.num_classes, n)
+    rows = []
+    for k in steps:
+        samples = generate(
+            sample_fns,
+            net_params,
+            jax.random.fold_in(rng, k),
+            n=n,
+            labels=labels,
+            num_steps=k,
+            sampler=ev.sampler,
+            guidance=ev.guidance,
+            batch_size=min(ev.batch_size, n),
+        )
+        metrics = evaluator.evaluate(samples, labels)
+        row = {"steps": int(k), "nfe": method.nfe(k, ev.sampler), **{m: float(v) for m, v in metrics.items()}}
+        logging.info(
+            "eval %s steps=%d nfe=%d: %s",
+            ev.sampler,
+            k,
+            row["nfe"],
+            "  ".join(f"{m}={v:.4g}" for m, v in metrics.items()),
+        )
+        rows.append(row)
+    return rows
+
+
+def write_report(rows: list[dict], floor: dict, *, primary: str, out_dir: str, title: str) -> str:
+    """results.json, results.md (a table with the floor) and metric_vs_nfe.png in out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"rows": rows, "floor": floor, "primary": primary}, f, indent=2)
+    metrics = [k for k in rows[0] if k not in ("steps", "nfe")] if rows else []
+    lines = [f"# {title}", "", "| steps | NFE | " + " | ".join(metrics) + " |"]
+    lines.append("|" + "---|" * (2 + len(metrics)))
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['nfe']} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |")
+    lines.append("| real data (floor) | - | " + " | ".join(f"{floor.get(m, float('nan')):.4g}" for m in metrics) + " |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table)
+    if rows:
+        plot_metric_vs_nfe(rows, primary, floor.get(primary), os.path.join(out_dir, "metric_vs_nfe.png"), title)
+    return table

@@ -1,0 +1,9 @@
+"""Training objectives and samplers behind one interface (see base.py).
+
+Importing this package registers every method.
+"""
+
+from fewstep_jax.methods import flow, trigflow  # noqa: F401  (registration)
+from fewstep_jax.methods.base import REGISTRY, Method, build, register
+
+__all__ = ["REGISTRY", "Method", "build", "register"]

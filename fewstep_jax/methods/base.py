@@ -1,0 +1,196 @@
+"""The Method interface and registry.
+
+A method turns a network into a training objective and a sampler. It holds only
+static things (its typed config, the Flax module, the dataset info); every
+function it exposes is pure, so the training loop can `jax.jit` it:
+
+  init_params(rng, example_batch)             -> params pytree
+  loss(params, ema_params, batch, rng, step)  -> (scalar loss, metrics dict)
+  sample(params, rng, num_samples=, labels=, num_steps=, sampler=, guidance=) -> x
+  nfe(num_steps, sampler)                     -> exact network evaluations
+
+`params` is a dict: {'net': network params, ...extra trainable pieces (e.g. a
+learned loss weighting)}. `sample` needs only {'net': ...} (EMA trees qualify).
+The loop never branches on the method: everything specific lives behind this
+interface. Methods register themselves with `@register('name')`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fewstep_jax.config_lib import typed_view
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def build(method_cfg: Mapping[str, Any], net: nn.Module, info: Any) -> "Method":
+    """Method named by `method_cfg.name`, with its typed config checked."""
+    name = method_cfg.get("name", None)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    section = {k: v for k, v in method_cfg.items() if k != "name"}
+    cfg = typed_view(cls.Config, section, "method")
+    return cls(cfg, net, info)
+
+
+class Method(abc.ABC):
+    """Base class; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    #: One line stating the time convention used internally.
+    time_convention: ClassVar[str] = ""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, cfg: Any, net: nn.Module, info: Any):
+        self.cfg = cfg
+        self.net = net
+        self.info = info
+        self.conditional = info.num_classes > 0
+        self.check()
+
+    def check(self) -> None:
+        """Validate the typed config (raise ValueError); called at construction."""
+
+    # -- parameters --------------------------------------------------------
+    def init_params(self, rng: jax.Array, example_batch: Batch) -> Params:
+        x = jnp.asarray(example_batch["x"][:1])
+        t = jnp.zeros((1,), jnp.float32)
+        y = self.null_labels(1) if self.conditional else None
+        d = jnp.zeros((1,), jnp.float32) if getattr(self.net, "use_d", False) else None
+        variables = self.net.init({"params": rng}, x, t, y=y, d=d, train=False)
+        return {"net": variables["params"]}
+
+    def apply_net(
+        self,
+        net_params: Params,
+        x: jax.Array,
+        t: jax.Array,
+        y: jax.Array | None = None,
+        d: jax.Array | None = None,
+        *,
+        train: bool = False,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Network call with the suite's keyword convention; t, d are [B] float32."""
+        rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else None
+        if not self.conditional:
+            y = None
+        return self.net.apply({"params": net_params}, x, t, y=y, d=d, train=train, rngs=rngs)
+
+    # -- labels ------------------------------------------------------------
+    def null_labels(self, n: int) -> jax.Array:
+        return jnp.full((n,), self.info.num_classes, jnp.int32)
+
+    def drop_labels(self, y: jax.Array, rng: jax.Array, p: float) -> jax.Array:
+        """Replace each label by the null class with probability p (for CFG training)."""
+        if not self.conditional or p <= 0:
+            return y
+        drop = jax.random.bernoulli(rng, p, y.shape)
+        return jnp.where(drop, self.info.num_classes, y)
+
+    # -- the contract ------------------------------------------------------
+    @abc.abstractmethod
+    def loss(
+        self, params: Params, ema_params: Params, batch: Batch, rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and a dict of scalar metrics."""
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        params: Params,
+        rng: jax.Array,
+        *,
+        num_samples: int,
+        labels: jax.Array | None = None,
+        num_steps: int,
+        sampler: str = "euler",
+        guidance: float = 1.0,
+    ) -> jax.Array:
+        """Draw samples [num_samples, *shape] in data space."""
+
+    @abc.abstractmethod
+    def nfe(self, num_steps: int, sampler: str) -> int:
+        """Exact number of network evaluations of `sample` (a CFG pair counts as one)."""
+
+    #: Step counts the sampler accepts (None: any positive count) and the ones to report.
+    supported_steps: ClassVar[tuple[int, ...] | None] = None
+    default_steps: ClassVar[tuple[int, ...]] = (1, 2, 4, 8)
+
+    def check_steps(self, num_steps: int) -> None:
+        if num_steps < 1 or (self.supported_steps is not None and num_steps not in self.supported_steps):
+            allowed = "any positive count" if self.supported_steps is None else str(self.supported_steps)
+            raise ValueError(f"method {self.name!r} cannot sample with {num_steps} steps; allowed: {allowed}")
+
+    def sample_labels(self, num_samples: int, labels: jax.Array | None) -> jax.Array | None:
+        """Labels for sampling: given ones, else the null class (unconditional draw)."""
+        if not self.conditional:
+            return None
+        if labels is None:
+            return self.null_labels(num_samples)
+        labels = jnp.asarray(labels, jnp.int32)
+        if labels.shape != (num_samples,):
+            raise ValueError(f"labels must have shape ({num_samples},), got {labels.shape}")
+        return labels
+
+    def guided(
+        self,
+        net_params: Params,
+        x: jax.Array,
+        t: jax.Array,
+        y: jax.Array | None,
+        guidance: float,
+        d: jax.Array | None = None,
+    ) -> jax.Array:
+        """Classifier-free guidance (Ho & Salimans 2022): out_u + w (out_c - out_u).
+
+        One network call on the concatenated [conditional; null] batch; w = 1 or an
+        unconditional model is a plain call.
+        """
+        if not self.conditional or y is None or guidance == 1.0:
+            return self.apply_net(net_params, x, t, y, d)
+        n = x.shape[0]
+        both = self.apply_net(
+            net_params,
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([y, self.null_labels(n)]),
+            None if d is None else jnp.concatenate([d, d]),
+        )
+        cond, uncond = both[:n], both[n:]
+        return uncond + guidance * (cond - uncond)
+
+
+def per_example_mean(x: jax.Array) -> jax.Array:
+    """Mean over all non-batch axes: [B, ...] -> [B]."""
+    return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def bcast(t: jax.Array, like: jax.Array) -> jax.Array:
+    """[B] -> [B, 1, ..., 1] to broadcast against `like`."""
+    return t.reshape(t.shape + (1,) * (like.ndim - 1))

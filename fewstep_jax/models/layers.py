@@ -1,0 +1,234 @@
+"""Shared network pieces: embeddings, jvp-safe attention, group normalization.
+
+Everything here is forward-mode (jax.jvp) safe: no jax.custom_vjp anywhere (cuDNN fused attention
+is a custom_vjp and cannot be pushed forward), no mutable collections, no BatchNorm. sCM / MeanFlow
+differentiate the network with jax.jvp w.r.t. (x, t), so this matters (sCM sec. 4.1, JAX_NOTES).
+
+Precision policy: embeddings of scalar conditioning (t, d, labels) and normalization statistics are
+computed in at least float32 (float64 stays float64 so that finite-difference tests are exact);
+the computation dtype of the heavy layers (`dtype`, e.g. bfloat16) only applies after them.
+Parameters are always stored in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+# DDPM / score_sde `default_init`: variance scaling 'fan_avg', uniform (i.e. Xavier uniform),
+# the init EDM's DDPM++ ("SongUNet", init_mode='xavier_uniform') uses for every layer.
+xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def small_init(weight: float = 1e-5) -> nn.initializers.Initializer:
+    """Xavier-uniform init multiplied by `weight` (EDM `init_zero`: init_weight=1e-5; score_sde
+    `default_init(scale=0.)` -> 1e-10 variance). Used for the last conv of a residual branch and
+    the attention output projection so each block starts close to the identity, while gradients
+    still reach the layer's inputs (an exact zero would block them for one step)."""
+    return nn.initializers.variance_scaling(weight**2, "fan_avg", "uniform")
+
+
+def at_least_float32(dtype: Dtype) -> Dtype:
+    """float32 for half types, unchanged for float32 / float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def positional_embedding(
+    t: Array, dim: int, max_period: float = 10000.0, *, endpoint: bool = True
+) -> Array:
+    """Sinusoidal positional embedding of a scalar per example (Vaswani et al. 2017; EDM
+    `PositionalEmbedding`, Karras et al. 2022 App. F.2, as sCM sec. 4.1 prescribes for c_noise(t)=t).
+
+    Frequency convention (EDM, endpoint=True): with half = dim // 2 and k = 0..half-1,
+        freq_k = max_period ** (-k / (half - 1)),
+    so the frequencies run geometrically from exactly 1 down to exactly 1 / max_period.
+    With endpoint=False (ADM / DDPM `timestep_embedding`) the exponent is -k / half and the lowest
+    frequency stays above 1 / max_period. Output layout: [cos(t f_0..f_{half-1}), sin(t f_0..)].
+    The caller scales t beforehand (`time_scale`), e.g. so that TrigFlow t in [0, pi/2] spans
+    many periods of the fastest frequency.
+
+    Args:
+      t: [B] real scalars.
+      dim: embedding width, even, >= 2 (>= 4 when endpoint=True).
+      max_period: 1 / lowest frequency.
+    Returns:
+      [B, dim], dtype at least float32 (float64 input stays float64).
+    """
+    if dim % 2 != 0 or dim < 2:
+        raise ValueError(f"positional_embedding needs an even dim >= 2, got {dim}")
+    half = dim // 2
+    if endpoint and half < 2:
+        raise ValueError(f"positional_embedding(endpoint=True) needs dim >= 4, got {dim}")
+    t = jnp.asarray(t)
+    dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
+    t = t.astype(dtype)
+    denominator = (half - 1) if endpoint else half
+    exponents = jnp.arange(half, dtype=dtype) / denominator
+    freqs = jnp.exp(-math.log(max_period) * exponents)
+    angles = t[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def attention(q: Array, k: Array, v: Array) -> Array:
+    """Multi-head scaled dot-product attention softmax(q k^T / sqrt(D)) v (Vaswani et al. 2017).
+
+    Plain einsum + softmax so that jax.jvp, jax.grad and jax.jit all work (no cuDNN custom_vjp).
+    Logits and softmax are computed in at least float32; the weighted sum runs in v's dtype.
+
+    Args:
+      q: [B, Lq, H, D]; k, v: [B, Lk, H, D] (the jax.nn.dot_product_attention layout).
+    Returns:
+      [B, Lq, H, D] in v's dtype.
+    """
+    if q.shape[-1] != k.shape[-1] or k.shape[:2] != v.shape[:2]:
+        raise ValueError(f"attention shape mismatch: q {q.shape}, k {k.shape}, v {v.shape}")
+    compute = at_least_float32(jnp.result_type(q, k))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(compute), k.astype(compute)) * scale
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+def group_count(channels: int, requested: int = 32) -> int:
+    """Number of GroupNorm groups actually used: gcd(requested, channels), i.e. the largest group
+    count that divides both, so small or odd widths (8, 16, 48) work with the default 32."""
+    return math.gcd(int(requested), int(channels))
+
+
+class GroupNorm(nn.Module):
+    """Group normalization (Wu & He 2018), per example, statistics in at least float32.
+
+    Per-example statistics keep examples independent in a batch (what BatchNorm breaks) and need no
+    mutable state, so the norm is safe under jax.jvp. The group count is clamped with
+    `group_count` so any channel width works. Affine scale/bias are float32 params.
+
+    Input [..., C] (NHWC or [B, C]); reduction over all non-batch axes within each group.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-5  # EDM / DDPM++ GroupNorm eps
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        groups = group_count(channels, self.num_groups)
+        stat_dtype = at_least_float32(x.dtype)
+        h = x.astype(stat_dtype)
+        grouped = h.reshape(*h.shape[:-1], groups, channels // groups)
+        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        # Two-pass variance: E[(x - mu)^2] avoids the cancellation of E[x^2] - mu^2.
+        var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+        normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(h.shape)
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        out = normed * scale.astype(stat_dtype) + bias.astype(stat_dtype)
+        return out.astype(self.dtype)
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar conditioning embedding: positional_embedding(time_scale * t) -> Dense -> SiLU -> Dense.
+
+    EDM DDPM++ (Karras et al. 2022, App. F.2: `map_noise` positional embedding then `map_layer0`,
+    `map_layer1`) and sCM sec. 4.1 (c_noise(t) = t, positional, no random Fourier features).
+    Computed in at least float32 regardless of the network's computation dtype.
+
+    __call__(t [B]) -> [B, features].
+    """
+
+    features: int
+    freq_dim: int = 256
+    time_scale: float = 1.0
+    max_period: float = 10000.0
+
+    @nn.compact
+    def __call__(self, t: Array) -> Array:
+        t = jnp.asarray(t)
+        dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
+        if t.ndim != 1:
+            raise ValueError(f"expected a [B] vector of scalar conditioning, got shape {t.shape}")
+        h = positional_embedding(self.time_scale * t.astype(dtype), self.freq_dim, self.max_period)
+        h = nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_0")(h)
+        h = nn.silu(h)
+        return nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_1")(h)
+
+
+class LabelEmbedding(nn.Module):
+    """Class-label embedding table with num_classes + 1 rows; row `num_classes` is the NULL class.
+
+    The learned null row is what classifier-free guidance (Ho & Salimans 2022) and label dropout
+    (DiT, Peebles & Xie 2023; sCM App. G) condition on for the unconditional branch.
+
+    __call__(y int [B] in 0..num_classes) -> [B, features] float32.
+    Out-of-range ids produce NaN rows (jnp.take 'fill' mode), so a bad label is loud.
+    """
+
+    num_classes: int
+    features: int
+
+    @nn.compact
+    def __call__(self, y: Array) -> Array:
+        table = self.param(
+            "embedding",
+            nn.initializers.normal(stddev=1.0),
+            (self.num_classes + 1, self.features),
+            jnp.float32,
+        )
+        y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
+        return jnp.take(table, y, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+class ConditioningEmbedding(nn.Module):
+    """The network-wide conditioning vector: time embedding (+ d embedding) (+ label embedding).
+
+    Shared by every network so the interface rules live in one place:
+      - y=None with num_classes > 0 means all-NULL labels (id == num_classes); y is ignored when
+        num_classes == 0.
+      - d is a second scalar (shortcut step size, MeanFlow interval t - r) with its own embedder,
+        summed with the time embedding; d=None means zeros. Passing d to a network built with
+        use_d=False raises, so a misconfigured method fails loudly instead of being ignored.
+
+    __call__(t [B], y [B] | None, d [B] | None) -> [B, features], dtype at least float32.
+    """
+
+    features: int
+    freq_dim: int
+    time_scale: float = 1.0
+    num_classes: int = 0
+    use_d: bool = False
+
+    @nn.compact
+    def __call__(self, t: Array, y: Array | None = None, d: Array | None = None) -> Array:
+        t = jnp.asarray(t)
+        if t.ndim != 1:
+            raise ValueError(f"t must have shape [B], got {t.shape}")
+        batch = t.shape[0]
+        emb = TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="time")(t)
+        if self.use_d:
+            d = jnp.zeros_like(t) if d is None else jnp.asarray(d)
+            if d.shape != t.shape:
+                raise ValueError(f"d must have the shape of t {t.shape}, got {d.shape}")
+            emb = emb + TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="d")(d)
+        elif d is not None:
+            raise ValueError(
+                "the network received a d (second scalar conditioning) but was built with "
+                "use_d=False; set model.use_d=True in the config"
+            )
+        if self.num_classes > 0:
+            y = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else jnp.asarray(y)
+            if y.shape != (batch,):
+                raise ValueError(f"y must have shape [B] = ({batch},), got {y.shape}")
+            emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(
+                emb.dtype
+            )
+        return emb

@@ -1,0 +1,248 @@
+"""DDPM++-style UNet (Song et al. 2021, score_sde `ncsnpp` DDPM++ configs; EDM "SongUNet" with
+DDPM++ settings, Karras et al. 2022 App. F.2), written for forward-mode AD.
+
+Differences from the reference DDPM++, on purpose:
+  - Resampling uses separate layers (stride-2 3x3 conv down; nearest x2 + 3x3 conv up, as in DDPM,
+    Ho et al. 2020 `resamp_with_conv`) instead of BigGAN resampling residual blocks.
+  - Time conditioning is positional_embedding(time_scale * t) (sCM sec. 4.1: c_noise(t) = t), with
+    an optional second scalar d and a label table that has a NULL row for CFG.
+Kept from DDPM++: adaptive scale/shift conditioning (adaptive_scale=True), skip_scale 1/sqrt(2) on
+every residual sum, GroupNorm + SiLU pre-activation blocks, self-attention at chosen resolutions
+and in the middle, Xavier-uniform init, near-zero init of residual branch ends and exact-zero init
+of the output conv (so the untrained network outputs 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fewstep_jax.models import layers
+
+Array = jax.Array
+
+SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual sum's variance
+
+
+def visited_resolutions(resolution: int, channel_mult: Sequence[int]) -> tuple[int, ...]:
+    """Spatial sizes the UNet works at, finest first: (R, R/2, ..., R / 2**(len(mult)-1))."""
+    return tuple(resolution // 2**i for i in range(len(channel_mult)))
+
+
+def _conv(features: int, kernel: int, dtype: Any, name: str, init=layers.xavier_uniform, **kw):
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=((kernel // 2, kernel // 2),) * 2,
+        dtype=dtype,
+        kernel_init=init,
+        name=name,
+        **kw,
+    )
+
+
+class ResBlock(nn.Module):
+    """DDPM++ residual block (score_sde ResnetBlockBigGAN / EDM UNetBlock, adaptive_scale=True):
+
+        h = conv3x3(SiLU(GN(x)))
+        scale, shift = Dense(SiLU(emb))           # done once per block from the shared emb
+        h = SiLU(GN(h) * (1 + scale) + shift)
+        h = conv3x3_small_init(dropout(h))
+        out = (skip(x) + h) / sqrt(2)             # skip = 1x1 conv when widths differ
+
+    x [B, H, W, Cin], emb_act [B, E] (already SiLU-ed) -> [B, H, W, out_channels].
+    """
+
+    out_channels: int
+    dropout: float = 0.0
+    num_groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, emb_act: Array, train: bool) -> Array:
+        h = nn.silu(layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_0")(x))
+        h = _conv(self.out_channels, 3, self.dtype, "conv_0")(h)
+        params = nn.Dense(
+            2 * self.out_channels, dtype=self.dtype, kernel_init=layers.xavier_uniform,
+            name="emb_proj",
+        )(emb_act)
+        scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
+        h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_1")(h)
+        h = nn.silu(h * (1.0 + scale) + shift)
+        if self.dropout > 0.0:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = _conv(self.out_channels, 3, self.dtype, "conv_1", init=layers.small_init())(h)
+        skip = x
+        if x.shape[-1] != self.out_channels:
+            skip = _conv(self.out_channels, 1, self.dtype, "skip")(x)
+        return (skip + h) * SKIP_SCALE
+
+
+class AttentionBlock(nn.Module):
+    """DDPM++ self-attention block: out = (x + proj(MHA(qkv(GN(x))))) / sqrt(2).
+
+    qkv and proj are 1x1 convs (Dense on channels); proj starts near zero so the block starts as
+    (scaled) identity. Attention is `layers.attention` (einsum + float32 softmax, jvp-safe).
+    x [B, H, W, C] -> [B, H, W, C]; C must be divisible by num_heads.
+    """
+
+    num_heads: int = 1
+    num_groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        batch, height, width, channels = x.shape
+        if channels % self.num_heads != 0:
+            raise ValueError(f"attention width {channels} not divisible by num_heads {self.num_heads}")
+        head_dim = channels // self.num_heads
+        h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+        # EDM init_attn: Xavier uniform with weight sqrt(0.2) for qkv.
+        qkv = nn.Dense(
+            3 * channels, dtype=self.dtype, name="qkv",
+            kernel_init=nn.initializers.variance_scaling(0.2, "fan_avg", "uniform"),
+        )(h)
+        qkv = qkv.reshape(batch, height * width, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        a = layers.attention(q, k, v).reshape(batch, height, width, channels)
+        a = nn.Dense(channels, dtype=self.dtype, kernel_init=layers.small_init(), name="proj")(a)
+        return (x + a) * SKIP_SCALE
+
+
+class Downsample(nn.Module):
+    """3x3 conv, stride 2, symmetric padding 1: [B, H, W, C] -> [B, H/2, W/2, C] (DDPM)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return _conv(x.shape[-1], 3, self.dtype, "conv", strides=(2, 2))(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv: [B, H, W, C] -> [B, 2H, 2W, C] (DDPM)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return _conv(x.shape[-1], 3, self.dtype, "conv")(x)
+
+
+class UNet(nn.Module):
+    """DDPM++-style UNet: x [B, H, W, C] (H == W), t [B] -> [B, H, W, C].
+
+    conv_in -> encoder (per level: num_blocks ResBlocks [+ attention], downsample except last)
+    -> middle (ResBlock, attention, ResBlock) -> decoder (per level, reversed: num_blocks + 1
+    ResBlocks each on [h, skip] concatenated [+ attention], upsample except last)
+    -> GroupNorm -> SiLU -> zero-init conv_out.
+
+    Fields: channels (base width), channel_mult (width multiplier per level), num_blocks,
+    attn_resolutions (absolute spatial sizes that get attention), dropout, emb_dim (0 -> 4 *
+    channels), time_scale, use_d, num_groups (clamped per width by gcd), num_heads, num_classes
+    (0 = unconditional; id num_classes is NULL), dtype (computation dtype; params float32).
+    """
+
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = ()
+    dropout: float = 0.0
+    emb_dim: int = 0
+    time_scale: float = 1.0
+    use_d: bool = False
+    num_groups: int = 32
+    num_heads: int = 1
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    def _check_input(self, x: Array) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects NHWC input [B, H, W, C], got shape {x.shape}")
+        height, width = x.shape[1], x.shape[2]
+        levels = len(self.channel_mult)
+        if height != width or height % 2 ** (levels - 1) != 0:
+            raise ValueError(
+                f"UNet input must be square with H divisible by 2**(len(channel_mult)-1) = "
+                f"{2 ** (levels - 1)}, got {height}x{width}"
+            )
+        visited = visited_resolutions(height, self.channel_mult)
+        missing = sorted(set(self.attn_resolutions) - set(visited))
+        if missing:
+            raise ValueError(
+                f"attn_resolutions {missing} are not visited by this UNet at input {height}x{width}; "
+                f"visited resolutions are {visited}"
+            )
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        y: Array | None = None,
+        d: Array | None = None,
+        train: bool = False,
+    ) -> Array:
+        self._check_input(x)
+        out_dtype = layers.at_least_float32(x.dtype)
+        emb_dim = self.emb_dim or 4 * self.channels
+        # EDM uses a positional width equal to the base channel count; keep at least 32 frequencies'
+        # worth (16 sin/cos pairs) so tiny test networks still get a usable time signal.
+        freq_dim = max(32, 2 * ((self.channels + 1) // 2))
+        emb = layers.ConditioningEmbedding(
+            features=emb_dim,
+            freq_dim=freq_dim,
+            time_scale=self.time_scale,
+            num_classes=self.num_classes,
+            use_d=self.use_d,
+            name="cond",
+        )(t, y, d)
+        # Every block projects SiLU(emb); apply it once here (float32), cast in the projections.
+        emb_act = nn.silu(emb)
+
+        def res_block(width: int, name: str) -> ResBlock:
+            return ResBlock(width, self.dropout, self.num_groups, self.dtype, name=name)
+
+        def attn_block(name: str) -> AttentionBlock:
+            return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name)
+
+        levels = len(self.channel_mult)
+        resolution = x.shape[1]
+        h = _conv(self.channels, 3, self.dtype, "conv_in")(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.channel_mult):
+            for block in range(self.num_blocks):
+                h = res_block(self.channels * mult, f"enc_{level}_res_{block}")(h, emb_act, train)
+                if resolution in self.attn_resolutions:
+                    h = attn_block(f"enc_{level}_attn_{block}")(h)
+                skips.append(h)
+            if level != levels - 1:
+                h = Downsample(self.dtype, name=f"enc_{level}_down")(h)
+                resolution //= 2
+                skips.append(h)
+
+        h = res_block(h.shape[-1], "mid_res_0")(h, emb_act, train)
+        h = attn_block("mid_attn")(h)
+        h = res_block(h.shape[-1], "mid_res_1")(h, emb_act, train)
+
+        for level in reversed(range(levels)):
+            width = self.channels * self.channel_mult[level]
+            for block in range(self.num_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res_block(width, f"dec_{level}_res_{block}")(h, emb_act, train)
+                if resolution in self.attn_resolutions:
+                    h = attn_block(f"dec_{level}_attn_{block}")(h)
+            if level != 0:
+                h = Upsample(self.dtype, name=f"dec_{level}_up")(h)
+                resolution *= 2
+        assert not skips, "every encoder activation must be consumed by the decoder"
+
+        h = nn.silu(layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+        out = _conv(x.shape[-1], 3, self.dtype, "conv_out", init=nn.initializers.zeros)(h)
+        return out.astype(out_dtype)

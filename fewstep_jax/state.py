@@ -1,0 +1,93 @@
+"""The training state pytree and its EMA / non-finite-guard updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from fewstep_jax.config_lib import TrainConfig
+
+#: Codes stored in TrainState.nonfinite[1]: which quantity went non-finite first.
+NONFINITE_QUANTITIES = {1: "loss", 2: "gradient norm"}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint needs to continue training exactly.
+
+    step:      int32 scalar, number of optimizer steps taken.
+    params:    trainable parameters ({'net': ..., plus method extras}).
+    ema:       {name: EMA of params} for each configured EMA.
+    opt_state: optax state.
+    nonfinite: int32 [2] = (step, quantity code) of the first step whose loss or
+               gradient norm was not finite; (-1, 0) while training is healthy.
+               From that step on, updates are skipped, so the state stays the last
+               good one and the host can stop with a precise message.
+    """
+
+    step: jax.Array
+    params: Any
+    ema: dict[str, Any]
+    opt_state: Any
+    nonfinite: jax.Array
+
+
+def ema_decays(train: TrainConfig) -> dict[str, float]:
+    """Per-step decay of every configured EMA, by name.
+
+    Half-lives are given in images, as in EDM (Karras et al. 2022, App. F.1):
+    decay = 0.5 ** (batch_size / half_life).
+    """
+    decays: dict[str, float] = {}
+    for d in train.ema_decays:
+        decays[f"ema_{d:g}"] = float(d)
+    for h in train.ema_halflives:
+        decays[f"ema_hl{h:g}"] = float(0.5 ** (train.batch_size / h))
+    return decays
+
+
+def create(params: Any, tx: optax.GradientTransformation, decays: dict[str, float]) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema={name: params for name in decays},
+        opt_state=tx.init(params),
+        nonfinite=jnp.array([-1, 0], jnp.int32),
+    )
+
+
+def apply_gradients(
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    tx: optax.GradientTransformation,
+    decays: dict[str, float],
+) -> tuple[TrainState, jax.Array]:
+    """One optimizer + EMA update, skipped (state kept) if loss or grads are non-finite.
+
+    Returns the new state and the global gradient norm (before clipping).
+    """
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = {
+        name: jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, state.ema[name], params)
+        for name, d in decays.items()
+    }
+    code = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 0))
+    healthy = (code == 0) & (state.nonfinite[0] < 0)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)  # noqa: E731
+    first_bad = (code != 0) & (state.nonfinite[0] < 0)
+    nonfinite = jnp.where(first_bad, jnp.stack([state.step, code]).astype(jnp.int32), state.nonfinite)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        ema=keep(ema, state.ema),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite=nonfinite,
+    )
+    return new_state, grad_norm

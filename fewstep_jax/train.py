@@ -1,0 +1,390 @@
+"""The one method-agnostic training loop, and the sample / eval modes.
+
+Data flow of a step (DESIGN.md): numpy batch (this process's slice) ->
+make_array_from_process_local_data (sharded over the mesh) -> jitted
+train_step(state, batch) with donated state -> method.loss -> grads -> optax ->
+EMAs -> non-finite guard -> metrics (fetched every log interval).
+
+Randomness: every key derives from config.seed with fold_in; the training key
+of step k is fold_in(train_stream, k), so a run resumed at step k draws exactly
+what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fewstep_jax import checkpoint as ckpt_lib
+from fewstep_jax import config_lib
+from fewstep_jax import data as data_lib
+from fewstep_jax import evaluate as eval_lib
+from fewstep_jax import methods as methods_lib
+from fewstep_jax import metrics as metrics_lib
+from fewstep_jax import models as models_lib
+from fewstep_jax import optim as optim_lib
+from fewstep_jax import sharding as sharding_lib
+from fewstep_jax import state as state_lib
+from fewstep_jax import writers as writers_lib
+
+# fold_in constants of the independent random streams.
+INIT_STREAM, TRAIN_STREAM, EVAL_STREAM = 0, 1, 2
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config before any compilation."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    train: config_lib.TrainConfig
+    eval: config_lib.EvalConfig
+    optim: config_lib.OptimConfig
+    info: data_lib.DatasetInfo
+    iterator: Any
+    method: methods_lib.Method
+    tx: Any
+    schedule: Any
+    decays: dict[str, float]
+    mesh: Any
+    batch_sharding: Any
+    state_shardings: Any
+    abstract_state: Any
+    checkpointer: ckpt_lib.Checkpointer
+    is_main: bool
+
+    @property
+    def base_key(self) -> jax.Array:
+        return jax.random.key(self.config.seed)
+
+    def sampling_params(self, state: state_lib.TrainState) -> Any:
+        """Network params to sample with: the first EMA, or the live params."""
+        if self.eval.use_ema and state.ema:
+            return next(iter(state.ema.values()))["net"]
+        return state.params["net"]
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+    """Validate the config and build data, network, method, optimizer and mesh.
+
+    Every user error (unknown key or name, indivisible batch, bad option) is
+    raised here as a ValueError, before anything is compiled.
+    """
+    config_lib.validate(config, jax.device_count())
+    train = config_lib.typed_view(config_lib.TrainConfig, config.train, "train")
+    ev = config_lib.typed_view(config_lib.EvalConfig, config.eval, "eval")
+    optim = config_lib.typed_view(config_lib.OptimConfig, config.optim, "optim")
+    sharding = config_lib.typed_view(config_lib.ShardingConfig, config.sharding, "sharding")
+
+    info, iterator = data_lib.build_dataset(
+        config.data,
+        seed=config.seed,
+        global_batch_size=train.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    net = models_lib.build(config.model, data_shape=info.shape, num_classes=info.num_classes)
+    method = methods_lib.build(config.method, net, info)
+    tx, schedule = optim_lib.build(optim, train.num_steps)
+    decays = state_lib.ema_decays(train)
+
+    mesh = sharding_lib.make_mesh(sharding.fsdp)
+    batch_sharding = sharding_lib.batch_sharding(mesh)
+    replicated = sharding_lib.replicated(mesh)
+    example = {
+        "x": np.zeros((1, *info.shape), np.float32),
+        "y": np.zeros((1,), np.int32),
+    }
+    init_key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
+    abstract = jax.eval_shape(lambda k: state_lib.create(method.init_params(k, example), tx, decays), init_key)
+    state_shardings = sharding_lib.tree_shardings(abstract, replicated)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
+    return Experiment(
+        config=config,
+        workdir=workdir,
+        train=train,
+        eval=ev,
+        optim=optim,
+        info=info,
+        iterator=iterator,
+        method=method,
+        tx=tx,
+        schedule=schedule,
+        decays=decays,
+        mesh=mesh,
+        batch_sharding=batch_sharding,
+        state_shardings=state_shardings,
+        abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_shardings),
+        checkpointer=checkpointer,
+        is_main=jax.process_index() == 0,
+    )
+
+
+def init_state(exp: Experiment) -> state_lib.TrainState:
+    """Shape-first init: jit(init, out_shardings) materializes params where they live."""
+    example = {"x": np.zeros((1, *exp.info.shape), np.float32), "y": np.zeros((1,), np.int32)}
+
+    def init(key):
+        return state_lib.create(exp.method.init_params(key, example), exp.tx, exp.decays)
+
+    key = jax.random.fold_in(exp.base_key, INIT_STREAM)
+    return jax.jit(init, out_shardings=exp.state_shardings)(key)
+
+
+def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tuple[state_lib.TrainState, int]:
+    """Resume from the latest checkpoint of the workdir if there is one."""
+    step = exp.checkpointer.latest_step()
+    if step is None:
+        return init_state(exp), 0
+    exp.checkpointer.check_compatible(step, exp.config, allow_change=allow_config_change)
+    state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
+    exp.iterator.set_state(data_state)
+    logging.info("Resumed from %s at step %d", exp.checkpointer.directory, step)
+    return state, step
+
+
+def make_train_step(exp: Experiment):
+    """The jitted step: (state, batch) -> (state, metrics); state is donated."""
+    method, tx, decays, schedule = exp.method, exp.tx, exp.decays, exp.schedule
+    train_key = jax.random.fold_in(exp.base_key, TRAIN_STREAM)
+
+    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+        rng = jax.random.fold_in(train_key, state.step)
+        ema_params = next(iter(state.ema.values())) if state.ema else state.params
+
+        def loss_fn(params):
+            return method.loss(params, ema_params, batch, rng, state.step)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state, grad_norm = state_lib.apply_gradients(state, grads, loss, tx, decays)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
+        return new_state, metrics
+
+    replicated = sharding_lib.replicated(exp.mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(exp.state_shardings, exp.batch_sharding),
+        out_shardings=(exp.state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def check_finite(state: state_lib.TrainState, exp: Experiment) -> None:
+    step, code = (int(v) for v in jax.device_get(state.nonfinite))
+    if step < 0:
+        return
+    quantity = state_lib.NONFINITE_QUANTITIES.get(code, "value")
+    last = exp.checkpointer.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+    raise NonFiniteError(
+        f"non-finite {quantity} at step {step + 1}; training stopped and {kept}. "
+        "Try a lower optim.lr, gradient clipping (optim.grad_clip), or check the data."
+    )
+
+
+class PreemptionFlag:
+    """Turns SIGTERM into a flag the loop checks after every step."""
+
+    def __init__(self):
+        self.triggered = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self.handle)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self.previous = None
+        return self
+
+    def handle(self, signum, frame):
+        del signum, frame
+        self.triggered = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def save_checkpoint(exp: Experiment, state: state_lib.TrainState, step: int) -> None:
+    check_finite(state, exp)  # never save a state behind a non-finite step
+    exp.checkpointer.save(step, state, exp.iterator.get_state(), exp.config)
+
+
+def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> None:
+    """A PNG grid (images) or scatter plot (2-D) per evaluated step count."""
+    if not exp.is_main:
+        return
+    ev = exp.eval
+    n = ev.grid_size
+    labels = eval_lib.eval_labels(exp.info.num_classes, n)
+    reference = None
+    if len(exp.info.shape) == 1:
+        n = max(n, 2000)
+        labels = eval_lib.eval_labels(exp.info.num_classes, n)
+        reference = data_lib.reference_data(exp.config.data, "test", n=n)["x"]
+    net_params = exp.sampling_params(state)
+    rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), step)
+    for k in ev.nfes:
+        x = eval_lib.generate(
+            sample_fns, net_params, jax.random.fold_in(rng, k), n=n, labels=labels,
+            num_steps=k, sampler=ev.sampler, guidance=ev.guidance, batch_size=min(n, 2000),
+        )
+        nfe = exp.method.nfe(k, ev.sampler)
+        path = os.path.join(exp.workdir, "samples", f"{tag}_{ev.sampler}_nfe{nfe}.png")
+        cols = exp.info.num_classes if exp.info.num_classes and n % exp.info.num_classes == 0 else None
+        eval_lib.save_samples_png(
+            x, path, cols=cols, reference=reference,
+            title=f"{exp.config.method.name} {ev.sampler} NFE {nfe} ({tag})",
+        )
+
+
+def run_eval(exp: Experiment, sample_fns, evaluator, state, step: int) -> dict[str, float]:
+    rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 10_000_000 + step)
+    rows = eval_lib.evaluate_steps(
+        exp.method, sample_fns, exp.sampling_params(state), evaluator, exp.eval, rng, exp.eval.nfes
+    )
+    out = {}
+    for r in rows:
+        for m, v in r.items():
+            if m not in ("steps", "nfe"):
+                out[f"eval/{exp.eval.sampler}_nfe{r['nfe']}/{m}"] = v
+    return out
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
+    """Train (resuming from the workdir when it holds a checkpoint); returns a summary."""
+    exp = setup(config, workdir)
+    if exp.is_main:
+        os.makedirs(workdir, exist_ok=True)
+    state, step = restore_or_init(exp, allow_config_change=allow_config_change)
+    if exp.is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    total = exp.train.num_steps
+    num_params = models_lib.count_params(state.params["net"])
+    logging.info(
+        "%s on %s: %d network parameters, %d devices, global batch %d, steps %d -> %d",
+        config.method.name, exp.info.name, num_params, jax.device_count(), exp.train.batch_size, step, total,
+    )
+
+    writer = writers_lib.MetricWriter(workdir, enabled=exp.is_main)
+    train_step = make_train_step(exp)
+    sample_fns = eval_lib.SampleFns(exp.method)
+    evaluator = None
+    summary: dict[str, Any] = {"start_step": step, "status": "running"}
+    progress = writers_lib.Progress(step, total)
+    pending: list[dict[str, jax.Array]] = []
+    start_step, t_start, t_first = step, time.perf_counter(), None
+    t_aside = 0.0  # seconds spent checkpointing / sampling / evaluating (not training)
+
+    with PreemptionFlag() as preempt:
+        while step < total:
+            batch = sharding_lib.global_batch(next(exp.iterator), exp.batch_sharding)
+            state, metrics = train_step(state, batch)
+            step += 1
+            pending.append(metrics)
+            if t_first is None:
+                jax.block_until_ready(metrics)
+                t_first = time.perf_counter()  # excludes compilation from the throughput
+                first_done = step
+            last = step == total
+            if step % exp.train.log_every == 0 or last:
+                check_finite(state, exp)
+                fetched = jax.device_get(pending)
+                pending = []
+                scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                prog = progress.update(step)
+                writer.write_scalars(step, {**scalars, "steps_per_sec": prog["steps_per_sec"]})
+                if exp.is_main:
+                    writers_lib.log_progress(step, total, scalars, prog)
+            t_aside_start = time.perf_counter()
+            if step % exp.train.checkpoint_every == 0 or last:
+                save_checkpoint(exp, state, step)
+            if exp.train.sample_every and (step % exp.train.sample_every == 0 or last):
+                write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
+            if exp.train.eval_every and (step % exp.train.eval_every == 0 or last):
+                if evaluator is None:
+                    evaluator = metrics_lib.build_evaluator(config.data)
+                    summary["floor"] = evaluator.floor()
+                    writer.write_scalars(step, {f"floor/{k}": v for k, v in summary["floor"].items()})
+                results = run_eval(exp, sample_fns, evaluator, state, step)
+                writer.write_scalars(step, results)
+                summary["eval"] = results
+            t_aside += time.perf_counter() - t_aside_start
+            if preempt.triggered and not last:
+                logging.warning("SIGTERM received: saving a checkpoint at step %d and exiting", step)
+                save_checkpoint(exp, state, step)
+                summary["status"] = "preempted"
+                break
+    exp.checkpointer.close()
+    writer.close()
+    elapsed = time.perf_counter() - t_start
+    if summary["status"] == "running":
+        summary["status"] = "finished"
+    summary.update(end_step=step, wall_sec=elapsed)
+    if t_first is not None and step > first_done:
+        # Training throughput after compilation, without checkpoint / sample / eval time.
+        summary["steps_per_sec"] = (step - first_done) / (time.perf_counter() - t_first - t_aside)
+    if exp.is_main:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        logging.info("%s at step %d (%d steps in %.1f s)", summary["status"], step, step - start_step, elapsed)
+    return summary
+
+
+def load_for_inference(config: ml_collections.ConfigDict, workdir: str) -> tuple[Experiment, Any, int]:
+    exp = setup(config, workdir)
+    step = exp.checkpointer.latest_step()
+    if step is None:
+        raise ckpt_lib.CheckpointError(
+            f"no checkpoint in {exp.checkpointer.directory}; train first with --mode=train --workdir={workdir}"
+        )
+    exp.checkpointer.check_compatible(step, config, allow_change=False)
+    state, _ = exp.checkpointer.restore(step, exp.abstract_state)
+    return exp, state, step
+
+
+def sample_mode(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Write sample grids for every eval.nfes step count from the latest checkpoint."""
+    exp, state, step = load_for_inference(config, workdir)
+    write_samples(exp, eval_lib.SampleFns(exp.method), state, step, tag=f"final{step:07d}")
+    exp.checkpointer.close()
+    out = os.path.join(workdir, "samples")
+    logging.info("samples written to %s", out)
+    return sorted(os.listdir(out))
+
+
+def eval_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Metrics at every eval.nfes step count, with the real-data floor; table + plot."""
+    exp, state, step = load_for_inference(config, workdir)
+    evaluator = metrics_lib.build_evaluator(config.data)
+    floor = evaluator.floor()
+    rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 20_000_000 + step)
+    rows = eval_lib.evaluate_steps(
+        exp.method, eval_lib.SampleFns(exp.method), exp.sampling_params(state), evaluator, exp.eval, rng,
+        exp.eval.nfes,
+    )
+    exp.checkpointer.close()
+    title = f"{config.method.name} on {exp.info.name}, step {step}, {exp.eval.sampler} sampler"
+    if exp.eval.guidance != 1.0:
+        title += f", guidance {exp.eval.guidance:g}"
+    out_dir = os.path.join(workdir, "eval", f"step{step:07d}_{exp.eval.sampler}")
+    table = eval_lib.write_report(rows, floor, primary=evaluator.primary, out_dir=out_dir, title=title)
+    logging.info("evaluation written to %s\n%s", out_dir, table)
+    return table

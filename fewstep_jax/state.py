@@ -71,7 +71,7 @@ def apply_gradients(
 
     Returns the new state and the global gradient norm (before clipping).
     """
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = {

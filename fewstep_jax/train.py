@@ -266,9 +266,19 @@ def run_eval(exp: Experiment, sample_fns, evaluator, state, step: int) -> dict[s
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Train (resuming from the workdir when it holds a checkpoint); returns a summary."""
+    """Train (resuming from the workdir when it holds a checkpoint); returns a summary.
+
+    `stop_at` ends this invocation at that step with a checkpoint, exactly as a
+    preemption would (for chunked jobs, and for testing exact resumption). A
+    workdir already trained to train.num_steps only gets its final samples and
+    evaluation written again.
+    """
     exp = setup(config, workdir)
     if exp.is_main:
         os.makedirs(workdir, exist_ok=True)
@@ -293,47 +303,58 @@ def train_and_evaluate(
     start_step, t_start, t_first = step, time.perf_counter(), None
     t_aside = 0.0  # seconds spent checkpointing / sampling / evaluating (not training)
 
-    with PreemptionFlag() as preempt:
-        while step < total:
-            batch = sharding_lib.global_batch(next(exp.iterator), exp.batch_sharding)
-            state, metrics = train_step(state, batch)
-            step += 1
-            pending.append(metrics)
-            if t_first is None:
-                jax.block_until_ready(metrics)
-                t_first = time.perf_counter()  # excludes compilation from the throughput
-                first_done = step
-            last = step == total
-            if step % exp.train.log_every == 0 or last:
-                check_finite(state, exp)
-                fetched = jax.device_get(pending)
-                pending = []
-                scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                prog = progress.update(step)
-                writer.write_scalars(step, {**scalars, "steps_per_sec": prog["steps_per_sec"]})
-                if exp.is_main:
-                    writers_lib.log_progress(step, total, scalars, prog)
-            t_aside_start = time.perf_counter()
-            if step % exp.train.checkpoint_every == 0 or last:
-                save_checkpoint(exp, state, step)
-            if exp.train.sample_every and (step % exp.train.sample_every == 0 or last):
-                write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
-            if exp.train.eval_every and (step % exp.train.eval_every == 0 or last):
-                if evaluator is None:
-                    evaluator = metrics_lib.build_evaluator(config.data)
-                    summary["floor"] = evaluator.floor()
-                    writer.write_scalars(step, {f"floor/{k}": v for k, v in summary["floor"].items()})
-                results = run_eval(exp, sample_fns, evaluator, state, step)
-                writer.write_scalars(step, results)
-                summary["eval"] = results
-            t_aside += time.perf_counter() - t_aside_start
-            if preempt.triggered and not last:
-                logging.warning("SIGTERM received: saving a checkpoint at step %d and exiting", step)
-                save_checkpoint(exp, state, step)
-                summary["status"] = "preempted"
-                break
-    exp.checkpointer.close()
-    writer.close()
+    try:
+        with PreemptionFlag() as preempt:
+            while step < total:
+                batch = sharding_lib.global_batch(next(exp.iterator), exp.batch_sharding)
+                state, metrics = train_step(state, batch)
+                step += 1
+                pending.append(metrics)
+                if t_first is None:
+                    jax.block_until_ready(metrics)
+                    t_first = time.perf_counter()  # excludes compilation from the throughput
+                    first_done = step
+                last = step == total
+                if step % exp.train.log_every == 0 or last:
+                    check_finite(state, exp)
+                    fetched = jax.device_get(pending)
+                    pending = []
+                    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    prog = progress.update(step)
+                    writer.write_scalars(step, {**scalars, "steps_per_sec": prog["steps_per_sec"]})
+                    if exp.is_main:
+                        writers_lib.log_progress(step, total, scalars, prog)
+                t_aside_start = time.perf_counter()
+                if step % exp.train.checkpoint_every == 0 or last:
+                    save_checkpoint(exp, state, step)
+                if exp.train.sample_every and (step % exp.train.sample_every == 0 or last):
+                    write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
+                if exp.train.eval_every and (step % exp.train.eval_every == 0 or last):
+                    if evaluator is None:
+                        evaluator = metrics_lib.build_evaluator(config.data)
+                        summary["floor"] = evaluator.floor()
+                        writer.write_scalars(step, {f"floor/{k}": v for k, v in summary["floor"].items()})
+                    results = run_eval(exp, sample_fns, evaluator, state, step)
+                    writer.write_scalars(step, results)
+                    summary["eval"] = results
+                t_aside += time.perf_counter() - t_aside_start
+                if (preempt.triggered or step == stop_at) and not last:
+                    reason = "SIGTERM received" if preempt.triggered else f"stop_at={stop_at} reached"
+                    logging.warning("%s: saving a checkpoint at step %d and exiting", reason, step)
+                    save_checkpoint(exp, state, step)
+                    summary["status"] = "preempted" if preempt.triggered else "stopped"
+                    break
+    finally:
+        # Also on errors: finish pending async saves (the last good checkpoint).
+        exp.checkpointer.close()
+        writer.close()
+
+    if start_step >= total:
+        logging.info("the workdir is already trained to step %d: writing samples and metrics only", total)
+        write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
+        evaluator = metrics_lib.build_evaluator(config.data)
+        summary["floor"] = evaluator.floor()
+        summary["eval"] = run_eval(exp, sample_fns, evaluator, state, step)
     elapsed = time.perf_counter() - t_start
     if summary["status"] == "running":
         summary["status"] = "finished"

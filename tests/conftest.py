@@ -1,0 +1,51 @@
+"""Shared test helpers: config loading, a private cache dir, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+# The digits classifier cache of the metrics lives in a per-session directory,
+# so tests never read or write the user's cache.
+os.environ.setdefault("FEWSTEP_CACHE", tempfile.mkdtemp(prefix="fewstep_test_cache_"))
+
+
+def load_config(name: str, variant: str | None = "smoke"):
+    """configs/<name>.py:<variant>, unlocked so tests can change it."""
+    from fewstep_jax import config_lib
+
+    return config_lib.load_sibling(os.path.join(CONFIGS, "x.py"), name, variant)
+
+
+def quiet(config, num_steps: int):
+    """A short run without sampling or evaluation."""
+    config.train.num_steps = num_steps
+    config.train.sample_every = 0
+    config.train.eval_every = 0
+    config.train.log_every = 5
+    return config
+
+
+def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """python -m fewstep_jax.main ARGS in the repository root."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "fewstep_jax.main", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path / "run")

@@ -1,0 +1,276 @@
+"""The training loop: exact resumption, the non-finite guard, SIGTERM, multi-device
+runs, checkpoints, and the errors bad input must get before any compilation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, load_config, quiet, run_cli
+
+from fewstep_jax import checkpoint as ckpt_lib
+from fewstep_jax import config_lib, methods, train
+from fewstep_jax.methods.flow import FlowMatching
+
+
+def restore_latest(config, workdir):
+    exp = train.setup(config, workdir)
+    step = exp.checkpointer.latest_step()
+    state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
+    exp.checkpointer.close()
+    return step, jax.device_get(state), data_state
+
+
+def read_jsonl(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# ---------------------------------------------------------------------------
+# Exact resumption
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+    config = quiet(load_config("trigflow_toy2d"), 20)  # learned weighting, EMA, cosine lr
+    config.train.checkpoint_every = 100
+    config.model.dropout = 0.1  # the dropout keys must resume too
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(config, straight)
+    first = train.train_and_evaluate(config, resumed, stop_at=10)
+    assert first["status"] == "stopped" and first["end_step"] == 10
+    second = train.train_and_evaluate(config, resumed)
+    assert second["start_step"] == 10 and second["end_step"] == 20
+
+    step_a, state_a, data_a = restore_latest(config, straight)
+    step_b, state_b, data_b = restore_latest(config, resumed)
+    assert step_a == step_b == 20 and data_a == data_b
+    leaves_a, tree_a = jax.tree.flatten(state_a)
+    leaves_b, tree_b = jax.tree.flatten(state_b)
+    assert tree_a == tree_b
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A changed parameter would show: the two halves really did train.
+    assert not np.array_equal(
+        np.asarray(jax.tree.leaves(state_a.params)[0]),
+        np.asarray(jax.tree.leaves(restore_latest_at(config, resumed, 10).params)[0]),
+    )
+    loss_a = {r["step"]: r["loss"] for r in read_jsonl(straight)}
+    loss_b = {r["step"]: r["loss"] for r in read_jsonl(resumed)}
+    assert loss_a[15] == loss_b[15] and loss_a[20] == loss_b[20]
+
+
+def restore_latest_at(config, workdir, step):
+    exp = train.setup(config, workdir)
+    state, _ = exp.checkpointer.restore(step, exp.abstract_state)
+    exp.checkpointer.close()
+    return jax.device_get(state)
+
+
+def test_finished_workdir_only_rewrites_samples_and_metrics(tmp_path):
+    config = quiet(load_config("flow_toy2d"), 5)
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["start_step"] == summary["end_step"] == 5
+    assert "eval" in summary and os.listdir(os.path.join(workdir, "samples"))
+
+
+# ---------------------------------------------------------------------------
+# The non-finite guard
+
+
+@methods.register("test_nan_loss")
+class NanLossAfterStep12(FlowMatching):
+    def loss(self, params, ema_params, batch, rng, step):
+        loss, metrics = super().loss(params, ema_params, batch, rng, step)
+        return jnp.where(step >= 12, jnp.nan, loss), metrics
+
+
+@methods.register("test_nan_grad")
+class NanGradAfterStep12(FlowMatching):
+    def loss(self, params, ema_params, batch, rng, step):
+        loss, metrics = super().loss(params, ema_params, batch, rng, step)
+        # Value 0, gradient sqrt'(0) * 0 = inf * 0 = nan: a finite loss with NaN grads.
+        x = 0.0 * jax.tree.leaves(params)[0].sum() * (step >= 12)
+        return loss + (jnp.sqrt(x) - jax.lax.stop_gradient(jnp.sqrt(x))), metrics
+
+
+@pytest.mark.parametrize("name,quantity", [("test_nan_loss", "loss"), ("test_nan_grad", "gradient norm")])
+def test_nonfinite_guard_stops_and_keeps_last_good_checkpoint(tmp_path, name, quantity):
+    config = quiet(load_config("flow_toy2d"), 30)
+    config.method.name = name
+    config.train.checkpoint_every = 10
+    workdir = str(tmp_path / "w")
+    with pytest.raises(train.NonFiniteError, match=rf"non-finite {quantity} at step 13.*checkpoint \(step 10\)"):
+        train.train_and_evaluate(config, workdir)
+    step, state, _ = restore_latest(config, workdir)
+    assert step == 10
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    workdir = str(tmp_path / "w")
+    args = [
+        "--config=configs/flow_toy2d.py:smoke",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=1000000",
+        "--config.train.log_every=5",
+        "--config.train.checkpoint_every=1000000",
+        "--config.train.eval_every=0",
+        "--config.train.sample_every=0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fewstep_jax.main", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM received" in out
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["status"] == "preempted" and 0 < summary["end_step"] < 1000000
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps[-1] == summary["end_step"]
+
+
+# ---------------------------------------------------------------------------
+# Eight simulated devices
+
+
+def test_eight_device_run_matches_one_device(tmp_path):
+    """Data parallel over 8 simulated CPU devices computes the same training run."""
+    common = [
+        "--config=configs/trigflow_toy2d.py:smoke",
+        "--config.train.num_steps=10",
+        "--config.train.log_every=5",
+        "--config.train.eval_every=10",
+        "--config.train.sample_every=10",
+    ]
+    runs = {}
+    for n in (1, 8):
+        workdir = str(tmp_path / f"dev{n}")
+        res = run_cli([*common, f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": str(n)})
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"{n} devices" in res.stderr
+        runs[n] = read_jsonl(workdir)
+        assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "samples")))
+    loss = {n: [r["loss"] for r in recs if "loss" in r] for n, recs in runs.items()}
+    np.testing.assert_allclose(loss[8], loss[1], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# Errors before compilation
+
+
+@pytest.fixture
+def no_compilation(monkeypatch):
+    """Any jax.jit call fails the test: errors must come first."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("compilation started before the error was raised")
+
+    monkeypatch.setattr(jax, "jit", boom)
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: c.train.__setitem__("num_stepz", 3), r"unknown key\(s\) \['num_stepz'\] in config section 'train'"),
+        (lambda c: c.__setitem__("trian", {}), r"unknown top-level config key\(s\) \['trian'\]"),
+        (lambda c: c.method.__setitem__("name", "flwo"), r"unknown method 'flwo'; known methods: .*flow"),
+        (lambda c: c.model.__setitem__("name", "resnet"), r"resnet"),
+        (lambda c: c.data.__setitem__("name", "cifar100"), r"cifar100"),
+        (lambda c: c.data.__setitem__("distribution", "spiral9"), r"spiral9"),
+        (lambda c: c.optim.__setitem__("name", "sgdd"), r"unknown optimizer 'sgdd'"),
+        (lambda c: c.eval.__setitem__("sampler", "rk45"), r"unknown sampler 'rk45'"),
+        (lambda c: c.train.__setitem__("batch_size", 30), None),  # valid on 1 device
+    ],
+)
+def test_bad_config_fails_before_compilation(tmp_path, no_compilation, mutate, message):
+    config = quiet(load_config("flow_toy2d"), 5)
+    mutate(config)
+    if message is None:
+        config_lib.validate(config, num_devices=1)
+        return
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_batch_not_divisible_by_devices():
+    config = load_config("flow_toy2d")
+    config.train.batch_size = 36
+    with pytest.raises(ValueError, match=r"train.batch_size=36 is not divisible by the 8 devices"):
+        config_lib.validate(config, num_devices=8)
+    config.train.batch_size = 32
+    config_lib.validate(config, num_devices=8)
+
+
+def test_unknown_command_line_override_is_rejected(tmp_path):
+    res = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={tmp_path}", "--config.train.num_stepz=3"])
+    assert res.returncode != 0
+    assert "num_stepz" in res.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="unknown config variant 'smok'; known variants: smoke"):
+        load_config("flow_toy2d", "smok")
+
+
+def test_incompatible_checkpoint_is_refused_with_the_differences(tmp_path):
+    config = quiet(load_config("flow_toy2d"), 5)
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    changed = quiet(load_config("flow_toy2d"), 10)  # more steps: allowed
+    changed.method.noise_std = 0.5
+    changed.optim.lr = 3e-4
+    with pytest.raises(ckpt_lib.CheckpointError) as err:
+        train.train_and_evaluate(changed, workdir)
+    text = str(err.value)
+    assert "method.noise_std: checkpoint has 1.0, config has 0.5" in text
+    assert "optim.lr" in text and "train.num_steps" not in text
+    assert "--allow_config_change" in text
+    summary = train.train_and_evaluate(changed, workdir, allow_config_change=True)
+    assert summary["start_step"] == 5 and summary["end_step"] == 10
+
+
+def test_unreadable_checkpoint_is_reported(tmp_path):
+    config = quiet(load_config("flow_toy2d"), 5)
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    state_dir = os.path.join(workdir, "checkpoints", "5", "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    config.train.num_steps = 10
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/5 cannot be read"):
+        train.train_and_evaluate(config, workdir)
+
+
+def test_sample_and_eval_without_checkpoint_say_what_to_do(tmp_path):
+    res = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={tmp_path}", "--mode=eval"])
+    assert res.returncode == 1
+    assert "no checkpoint in" in res.stderr and "--mode=train" in res.stderr

@@ -24,6 +24,7 @@ demo: $(STAMP)
 	@echo "samples: $(DEMO_WORKDIR)/samples  metrics: $(DEMO_WORKDIR)/metrics.jsonl  summary: $(DEMO_WORKDIR)/summary.json"
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 clean:

@@ -30,12 +30,12 @@ def get_config(arg: str | None = None):
     c.optim.schedule = "cosine"
     c.optim.end_factor = 0.1
     c.optim.warmup_steps = 100
-    c.train.num_steps = 1500
+    c.train.num_steps = 1200
     c.train.batch_size = 128
     c.train.ema_decays = (0.995,)
-    c.train.checkpoint_every = 500
-    c.train.sample_every = 1500
-    c.train.eval_every = 1500
+    c.train.checkpoint_every = 400
+    c.train.sample_every = 1200
+    c.train.eval_every = 1200
     c.eval.nfes = (1, 2, 4, 8)
     c.eval.sampler = "euler"
     if variant == "smoke":

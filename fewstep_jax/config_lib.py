@@ -94,7 +94,7 @@ def digits_unet(**overrides: Any) -> ml_collections.ConfigDict:
         name="unet",
         channels=32,
         channel_mult=(1, 2),
-        num_blocks=2,
+        num_blocks=1,
         attn_resolutions=(4,),
         dropout=0.0,
         time_scale=1.0,

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(fsdp: int = 1) -> Mesh:

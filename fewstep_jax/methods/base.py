@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.config_lib import typed_view
+from fewstep_jax.methods import samplers
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -184,6 +185,23 @@ class Method(abc.ABC):
         )
         cond, uncond = both[:n], both[n:]
         return uncond + guidance * (cond - uncond)
+
+
+class ODEMethod(Method):
+    """A method sampled by integrating its PF-ODE (methods/samplers.py)."""
+
+    def nfe(self, num_steps: int, sampler: str) -> int:
+        return samplers.nfe(num_steps, sampler)
+
+    def start_sampling(
+        self, rng: jax.Array, num_samples: int, labels: jax.Array | None, num_steps: int, sampler: str, scale: float
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Check the request; return the initial noise [N, *shape] * scale and the labels."""
+        self.check_steps(num_steps)
+        samplers.check_sampler(sampler)
+        y = self.sample_labels(num_samples, labels)
+        x = scale * jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
+        return x, y
 
 
 def per_example_mean(x: jax.Array) -> jax.Array:

@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import Method, bcast, per_example_mean, register
+from fewstep_jax.methods.base import ODEMethod, bcast, per_example_mean, register
 
 T_SAMPLING = ("uniform", "logit_normal")
 
 
 @register("flow")
-class FlowMatching(Method):
+class FlowMatching(ODEMethod):
     time_convention = "flow t in [0, 1]; t = 0 noise, t = 1 data"
 
     @dataclasses.dataclass(frozen=True)
@@ -63,15 +63,9 @@ class FlowMatching(Method):
         err = per_example_mean((pred - v) ** 2)
         return jnp.mean(err), {"mse": jnp.mean(err)}
 
-    def nfe(self, num_steps, sampler):
-        return samplers.nfe(num_steps, sampler)
-
     def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
         """Integrate dx/dt = v_theta(x, t) from t = 0 (noise) to 1 on a uniform grid."""
-        self.check_steps(num_steps)
-        samplers.check_sampler(sampler)
-        y = self.sample_labels(num_samples, labels)
-        x = self.cfg.noise_std * jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
+        x, y = self.start_sampling(rng, num_samples, labels, num_steps, sampler, self.cfg.noise_std)
         grid = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=jnp.float32)
 
         def velocity(x, t):

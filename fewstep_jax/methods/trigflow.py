@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import Method, bcast, per_example_mean, register
+from fewstep_jax.methods.base import ODEMethod, bcast, per_example_mean, register
 from fewstep_jax.methods.weighting import LogVariance
 
 
 @register("trigflow")
-class TrigFlow(Method):
+class TrigFlow(ODEMethod):
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
 
     @dataclasses.dataclass(frozen=True)
@@ -99,19 +99,13 @@ class TrigFlow(Method):
         return jnp.mean(per_example), {"mse": jnp.mean(err)}
 
     # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        return samplers.nfe(num_steps, sampler)
-
     def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
         """PF-ODE sampling from t_max = arctan(sigma_max / sigma_d); DDIM == 'euler'."""
-        self.check_steps(num_steps)
-        samplers.check_sampler(sampler)
         c = self.cfg
-        y = self.sample_labels(num_samples, labels)
-        sigmas = samplers.karras_sigmas(num_steps, c.sigma_min, c.sigma_max, c.rho)
         # x_t ~ N(0, sigma_d^2) at t_max, i.e. x_sigma = x_t / cos(t_max).
         scale = (c.sigma_max**2 + c.sigma_d**2) ** 0.5
-        x = scale * jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
+        x, y = self.start_sampling(rng, num_samples, labels, num_steps, sampler, scale)
+        sigmas = samplers.karras_sigmas(num_steps, c.sigma_min, c.sigma_max, c.rho)
 
         def velocity(x_sigma, sigma):
             t = jnp.full((num_samples,), jnp.arctan(sigma / c.sigma_d), jnp.float32)

@@ -82,7 +82,9 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     height, width, _ = data_shape
     channel_mult = tuple(int(m) for m in cfg["channel_mult"])
     if not channel_mult or min(channel_mult) < 1:
-        raise ValueError(f"model.channel_mult must be a non-empty tuple of ints >= 1, got {channel_mult}")
+        raise ValueError(
+            f"model.channel_mult must be a non-empty tuple of ints >= 1, got {channel_mult}"
+        )
     levels = len(channel_mult)
     if height != width or height % 2 ** (levels - 1) != 0:
         raise ValueError(

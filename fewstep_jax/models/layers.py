@@ -44,7 +44,7 @@ def positional_embedding(
     t: Array, dim: int, max_period: float = 10000.0, *, endpoint: bool = True
 ) -> Array:
     """Sinusoidal positional embedding of a scalar per example (Vaswani et al. 2017; EDM
-    `PositionalEmbedding`, Karras et al. 2022 App. F.2, as sCM sec. 4.1 prescribes for c_noise(t)=t).
+    `PositionalEmbedding`, Karras et al. 2022 App. F.2; sCM sec. 4.1 uses it for c_noise(t) = t).
 
     Frequency convention (EDM, endpoint=True): with half = dim // 2 and k = 0..half-1,
         freq_k = max_period ** (-k / (half - 1)),
@@ -135,7 +135,7 @@ class GroupNorm(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Scalar conditioning embedding: positional_embedding(time_scale * t) -> Dense -> SiLU -> Dense.
+    """Scalar conditioning embedding: positional(time_scale * t) -> Dense -> SiLU -> Dense.
 
     EDM DDPM++ (Karras et al. 2022, App. F.2: `map_noise` positional embedding then `map_layer0`,
     `map_layer1`) and sCM sec. 4.1 (c_noise(t) = t, positional, no random Fourier features).
@@ -168,7 +168,8 @@ class LabelEmbedding(nn.Module):
     (DiT, Peebles & Xie 2023; sCM App. G) condition on for the unconditional branch.
 
     __call__(y int [B] in 0..num_classes) -> [B, features] float32.
-    Out-of-range ids produce NaN rows (jnp.take 'fill' mode), so a bad label is loud.
+    Ids outside 0..num_classes (including negatives such as a -1 "no label" sentinel, which plain
+    indexing would wrap onto the null row) produce NaN rows: a bad label is loud, not silent.
     """
 
     num_classes: int
@@ -185,7 +186,9 @@ class LabelEmbedding(nn.Module):
         y = jnp.asarray(y)
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
-        return jnp.take(table, y, axis=0, mode="fill", fill_value=jnp.nan)
+        valid = (y >= 0) & (y <= self.num_classes)
+        rows = jnp.take(table, jnp.where(valid, y, 0), axis=0)
+        return jnp.where(valid[:, None], rows, jnp.nan)
 
 
 class ConditioningEmbedding(nn.Module):

@@ -99,7 +99,9 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         batch, height, width, channels = x.shape
         if channels % self.num_heads != 0:
-            raise ValueError(f"attention width {channels} not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"attention width {channels} not divisible by num_heads {self.num_heads}"
+            )
         head_dim = channels // self.num_heads
         h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
         # EDM init_attn: Xavier uniform with weight sqrt(0.2) for qkv.
@@ -176,8 +178,8 @@ class UNet(nn.Module):
         missing = sorted(set(self.attn_resolutions) - set(visited))
         if missing:
             raise ValueError(
-                f"attn_resolutions {missing} are not visited by this UNet at input {height}x{width}; "
-                f"visited resolutions are {visited}"
+                f"attn_resolutions {missing} are not visited by this UNet at input "
+                f"{height}x{width}; visited resolutions are {visited}"
             )
 
     @nn.compact

@@ -406,5 +406,5 @@ def eval_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
         title += f", guidance {exp.eval.guidance:g}"
     out_dir = os.path.join(workdir, "eval", f"step{step:07d}_{exp.eval.sampler}")
     table = eval_lib.write_report(rows, floor, primary=evaluator.primary, out_dir=out_dir, title=title)
-    logging.info("evaluation written to %s\n%s", out_dir, table)
+    logging.info("evaluation written to %s", out_dir)
     return table

@@ -83,6 +83,16 @@ def test_finished_workdir_only_rewrites_samples_and_metrics(tmp_path):
     assert "eval" in summary and os.listdir(os.path.join(workdir, "samples"))
 
 
+def test_checkpoint_retention_keeps_the_newest(tmp_path):
+    config = quiet(load_config("flow_toy2d"), 20)
+    config.train.checkpoint_every = 5
+    config.train.keep_checkpoints = 2
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps == [15, 20]
+
+
 # ---------------------------------------------------------------------------
 # The non-finite guard
 

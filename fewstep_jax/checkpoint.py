@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.sample_every",
     "train.eval_every",
+    "train.init_from",  # only read when a run starts from scratch
 )
 RESUMABLE_SECTIONS = ("eval.",)
 
@@ -37,6 +38,19 @@ class CheckpointError(RuntimeError):
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
+
+
+def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Inverse of config_to_json (JSON turned tuples into lists: turn them back)."""
+
+    def tuples(v):
+        if isinstance(v, dict):
+            return {k: tuples(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return tuple(tuples(x) for x in v)
+        return v
+
+    return ml_collections.ConfigDict(tuples(saved))
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

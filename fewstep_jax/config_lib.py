@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             sample_every=1000,  # sample grids (PNG) at every eval NFE; 0 disables
             eval_every=1000,  # metrics at every eval NFE; 0 disables
+            # Start from the EMA network weights of a trained workdir (fine-tuning,
+            # e.g. sCM / ECT from a diffusion model). A checkpoint in --workdir wins.
+            init_from="",
         )
     )
 
@@ -205,6 +208,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     sample_every: int = 1000
     eval_every: int = 1000
+    init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,15 +65,21 @@ class Experiment:
     abstract_state: Any
     checkpointer: ckpt_lib.Checkpointer
     is_main: bool
+    frozen: Any = None  # the method's frozen inputs (e.g. sCD's teacher), replicated
 
     @property
     def base_key(self) -> jax.Array:
         return jax.random.key(self.config.seed)
 
+    @property
+    def first_ema(self) -> str | None:
+        """Name of the first configured EMA (config order; pytrees sort dict keys)."""
+        return next(iter(self.decays), None)
+
     def sampling_params(self, state: state_lib.TrainState) -> Any:
         """Network params to sample with: the first EMA, or the live params."""
-        if self.eval.use_ema and state.ema:
-            return next(iter(state.ema.values()))["net"]
+        if self.eval.use_ema and self.first_ema is not None:
+            return state.ema[self.first_ema]["net"]
         return state.params["net"]
 
 
@@ -112,6 +118,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     abstract = jax.eval_shape(lambda k: state_lib.create(method.init_params(k, example), tx, decays), init_key)
     state_shardings = sharding_lib.tree_shardings(abstract, replicated)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
+    frozen = method.load_frozen(load_pretrained)
+    if frozen is not None:
+        frozen = jax.device_put(frozen, replicated)
     return Experiment(
         config=config,
         workdir=workdir,
@@ -130,7 +139,51 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_shardings),
         checkpointer=checkpointer,
         is_main=jax.process_index() == 0,
+        frozen=frozen,
     )
+
+
+def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
+    """(config, EMA network params) of the latest checkpoint of a trained workdir.
+
+    Used to initialize from a pretrained model (train.init_from) and to load
+    teachers; the params land on the current mesh, replicated.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    hint = f"train it first, e.g. python -m fewstep_jax.main --config=configs/<teacher>.py --workdir={workdir}"
+    if not os.path.isdir(directory):
+        raise ckpt_lib.CheckpointError(f"no trained run at {workdir} (no {directory}); {hint}")
+    probe = ckpt_lib.Checkpointer(directory, keep=1)
+    step = probe.latest_step()
+    if step is None:
+        probe.close()
+        raise ckpt_lib.CheckpointError(f"no checkpoint in {directory}; {hint}")
+    config = ckpt_lib.config_from_json(probe.saved_config(step))
+    probe.close()
+    exp = setup(config, workdir)
+    state, _ = exp.checkpointer.restore(step, exp.abstract_state)
+    exp.checkpointer.close()
+    logging.info("loaded %s (%s, step %d)", workdir, config.method.name, step)
+    return config, exp.sampling_params(state)
+
+
+def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params: Any) -> state_lib.TrainState:
+    """Replace the network weights (live and every EMA) by pretrained ones.
+
+    Extra trainable pieces of the method (e.g. a learned loss weighting) keep
+    their fresh initialization, and the optimizer state starts anew.
+    """
+    expected = jax.tree.map(lambda x: (x.shape, x.dtype), state.params["net"])
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), net_params)
+    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+        raise ValueError(
+            f"train.init_from={exp.train.init_from}: its network does not match config.model "
+            "(different architecture or sizes); use the same model section as the pretrained run"
+        )
+    params = dict(state.params, net=net_params)
+    ema = {name: dict(e, net=net_params) for name, e in state.ema.items()}
+    new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params))
+    return jax.device_put(new, exp.state_shardings)
 
 
 def init_state(exp: Experiment) -> state_lib.TrainState:
@@ -148,7 +201,12 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
     """Resume from the latest checkpoint of the workdir if there is one."""
     step = exp.checkpointer.latest_step()
     if step is None:
-        return init_state(exp), 0
+        state = init_state(exp)
+        if exp.train.init_from:
+            _, net_params = load_pretrained(exp.train.init_from)
+            state = with_pretrained_net(exp, state, net_params)
+            logging.info("initialized the network from the EMA of %s", exp.train.init_from)
+        return state, 0
     exp.checkpointer.check_compatible(step, exp.config, allow_change=allow_config_change)
     state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
     exp.iterator.set_state(data_state)
@@ -160,13 +218,14 @@ def make_train_step(exp: Experiment):
     """The jitted step: (state, batch) -> (state, metrics); state is donated."""
     method, tx, decays, schedule = exp.method, exp.tx, exp.decays, exp.schedule
     train_key = jax.random.fold_in(exp.base_key, TRAIN_STREAM)
+    first_ema = exp.first_ema
 
-    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], frozen: Any):
         rng = jax.random.fold_in(train_key, state.step)
-        ema_params = next(iter(state.ema.values())) if state.ema else state.params
+        ema_params = state.ema[first_ema] if first_ema is not None else state.params
 
         def loss_fn(params):
-            return method.loss(params, ema_params, batch, rng, state.step)
+            return method.loss(params, ema_params, batch, rng, state.step, frozen)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm = state_lib.apply_gradients(state, grads, loss, tx, decays)
@@ -174,12 +233,13 @@ def make_train_step(exp: Experiment):
         return new_state, metrics
 
     replicated = sharding_lib.replicated(exp.mesh)
-    return jax.jit(
+    jitted = jax.jit(
         train_step,
-        in_shardings=(exp.state_shardings, exp.batch_sharding),
+        in_shardings=(exp.state_shardings, exp.batch_sharding, replicated),
         out_shardings=(exp.state_shardings, replicated),
         donate_argnums=(0,),
     )
+    return lambda state, batch: jitted(state, batch, exp.frozen)
 
 
 def check_finite(state: state_lib.TrainState, exp: Experiment) -> None:
@@ -224,9 +284,10 @@ def save_checkpoint(exp: Experiment, state: state_lib.TrainState, step: int) -> 
 
 
 def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> None:
-    """A PNG grid (images) or scatter plot (2-D) per evaluated step count."""
-    if not exp.is_main:
-        return
+    """A PNG grid (images) or scatter plot (2-D) per evaluated step count.
+
+    Every process samples (the computation spans all devices); process 0 writes.
+    """
     ev = exp.eval
     n = ev.grid_size
     labels = eval_lib.eval_labels(exp.info.num_classes, n)
@@ -242,6 +303,8 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
             sample_fns, net_params, jax.random.fold_in(rng, k), n=n, labels=labels,
             num_steps=k, sampler=ev.sampler, guidance=ev.guidance, batch_size=min(n, 2000),
         )
+        if not exp.is_main:
+            continue
         nfe = exp.method.nfe(k, ev.sampler)
         path = os.path.join(exp.workdir, "samples", f"{tag}_{ev.sampler}_nfe{nfe}.png")
         cols = exp.info.num_classes if exp.info.num_classes and n % exp.info.num_classes == 0 else None

@@ -99,15 +99,15 @@ def test_checkpoint_retention_keeps_the_newest(tmp_path):
 
 @methods.register("test_nan_loss")
 class NanLossAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step):
-        loss, metrics = super().loss(params, ema_params, batch, rng, step)
+    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+        loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
         return jnp.where(step >= 12, jnp.nan, loss), metrics
 
 
 @methods.register("test_nan_grad")
 class NanGradAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step):
-        loss, metrics = super().loss(params, ema_params, batch, rng, step)
+    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+        loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
         # Value 0, gradient sqrt'(0) * 0 = inf * 0 = nan: a finite loss with NaN grads.
         x = 0.0 * jax.tree.leaves(params)[0].sum() * (step >= 12)
         return loss + (jnp.sqrt(x) - jax.lax.stop_gradient(jnp.sqrt(x))), metrics
@@ -284,3 +284,52 @@ def test_sample_and_eval_without_checkpoint_say_what_to_do(tmp_path):
     res = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={tmp_path}", "--mode=eval"])
     assert res.returncode == 1
     assert "no checkpoint in" in res.stderr and "--mode=train" in res.stderr
+
+
+def test_sampling_uses_the_first_configured_ema(tmp_path):
+    """Config order, not the sorted key order that pytrees give dicts."""
+    config = quiet(load_config("flow_toy2d"), 1)
+    config.train.ema_decays = (0.999, 0.9)  # sorted keys would put ema_0.9 first
+    exp = train.setup(config, str(tmp_path / "w"))
+    state = train.init_state(exp)
+    zeros = jax.tree.map(jnp.zeros_like, state.ema["ema_0.9"])
+    state = state.replace(ema={"ema_0.999": state.ema["ema_0.999"], "ema_0.9": zeros})
+    assert exp.first_ema == "ema_0.999"
+    chosen = exp.sampling_params(state)
+    expected = state.ema["ema_0.999"]["net"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(expected)))
+    assert any(np.any(np.asarray(a) != 0) for a in jax.tree.leaves(chosen))
+    exp.checkpointer.close()
+
+
+def test_init_from_a_pretrained_run(tmp_path):
+    pretrained = str(tmp_path / "pre")
+    config = quiet(load_config("trigflow_toy2d"), 5)
+    train.train_and_evaluate(config, pretrained)
+    _, state_pre, _ = restore_latest(config, pretrained)
+
+    tuned = quiet(load_config("trigflow_toy2d"), 5)
+    tuned.train.init_from = pretrained
+    exp = train.setup(tuned, str(tmp_path / "tuned"))
+    state, step = train.restore_or_init(exp)
+    exp.checkpointer.close()
+    assert step == 0
+    ema_net = state_pre.ema["ema_0.995"]["net"]
+    for got in (state.params["net"], state.ema["ema_0.995"]["net"]):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ema_net)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The learned weighting is re-initialized (zeros), not copied.
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(state.params["logvar"]))
+
+    wrong = quiet(load_config("trigflow_toy2d"), 5)
+    wrong.train.init_from = pretrained
+    wrong.model.hidden = 32
+    exp = train.setup(wrong, str(tmp_path / "wrong"))
+    with pytest.raises(ValueError, match="does not match config.model"):
+        train.restore_or_init(exp)
+    exp.checkpointer.close()
+
+    missing = quiet(load_config("trigflow_toy2d"), 5)
+    missing.train.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(ckpt_lib.CheckpointError, match="no trained run at .*nowhere.*train it first"):
+        train.train_and_evaluate(missing, str(tmp_path / "m"))

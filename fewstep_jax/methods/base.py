@@ -5,14 +5,17 @@ static things (its typed config, the Flax module, the dataset info); every
 function it exposes is pure, so the training loop can `jax.jit` it:
 
   init_params(rng, example_batch)             -> params pytree
-  loss(params, ema_params, batch, rng, step)  -> (scalar loss, metrics dict)
+  loss(params, ema_params, batch, rng, step, frozen) -> (scalar loss, metrics dict)
   sample(params, rng, num_samples=, labels=, num_steps=, sampler=, guidance=) -> x
   nfe(num_steps, sampler)                     -> exact network evaluations
 
 `params` is a dict: {'net': network params, ...extra trainable pieces (e.g. a
 learned loss weighting)}. `sample` needs only {'net': ...} (EMA trees qualify).
-The loop never branches on the method: everything specific lives behind this
-interface. Methods register themselves with `@register('name')`.
+`frozen` holds parameters the method reads but never trains (sCD's teacher):
+`load_frozen(loader)` builds them once, the loop passes them to every step as
+an explicit argument, and they are not part of the checkpoint. The loop never
+branches on the method: everything specific lives behind this interface.
+Methods register themselves with `@register('name')`.
 """
 
 from __future__ import annotations
@@ -115,9 +118,20 @@ class Method(abc.ABC):
         return jnp.where(drop, self.info.num_classes, y)
 
     # -- the contract ------------------------------------------------------
+    def load_frozen(self, loader: Callable[[str], tuple[Any, Params]]) -> Params | None:
+        """Frozen inputs of the loss (e.g. a teacher), via loader(workdir) -> (config, EMA net params)."""
+        del loader
+        return None
+
     @abc.abstractmethod
     def loss(
-        self, params: Params, ema_params: Params, batch: Batch, rng: jax.Array, step: jax.Array
+        self,
+        params: Params,
+        ema_params: Params,
+        batch: Batch,
+        rng: jax.Array,
+        step: jax.Array,
+        frozen: Params | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Scalar training loss and a dict of scalar metrics."""
 

@@ -47,9 +47,9 @@ class FlowMatching(ODEMethod):
             return jax.random.uniform(rng, (n,))
         return jax.nn.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * jax.random.normal(rng, (n,)))
 
-    def loss(self, params, ema_params, batch, rng, step):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None):
         """Conditional flow matching loss, mean over pixels and batch."""
-        del ema_params, step
+        del ema_params, step, frozen
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)
         t = self.sample_time(k_t, x0.shape[0])

@@ -75,10 +75,10 @@ class TrigFlow(ODEMethod):
         tau = self.cfg.p_mean + self.cfg.p_std * jax.random.normal(rng, (n,))
         return jnp.arctan(jnp.exp(tau) / self.cfg.sigma_d)
 
-    def loss(self, params, ema_params, batch, rng, step):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None):
         """TrigFlow diffusion loss with the EDM2 learned weighting (sCM sec. 3):
         E_t[ exp(-u(t)) / sigma_d^2 * mean_pixels (sigma_d F - v_t)^2 + u(t) ]."""
-        del ema_params, step
+        del ema_params, step, frozen
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)

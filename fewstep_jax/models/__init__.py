@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.models.mlp import MLP
-from fewstep_jax.models.unet import UNet, visited_resolutions
+from fewstep_jax.models.unet import EMB_NORMS, UNet, visited_resolutions
 
 __all__ = ["REGISTRY", "build", "count_params", "MLP", "UNet"]
 
@@ -111,6 +111,9 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     emb_dim = int(cfg["emb_dim"] or 0)
     if emb_dim < 0:
         raise ValueError(f"model.emb_dim must be >= 0 (0 -> 4 * channels), got {emb_dim}")
+    emb_norm = cfg["emb_norm"]
+    if emb_norm not in EMB_NORMS:
+        raise ValueError(f"model.emb_norm must be one of {list(EMB_NORMS)}, got {emb_norm!r}")
     return UNet(
         channels=channels,
         channel_mult=channel_mult,
@@ -124,6 +127,7 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         num_heads=num_heads,
         num_classes=num_classes,
         dtype=_dtype(cfg),
+        emb_norm=emb_norm,
     )
 
 
@@ -139,7 +143,7 @@ REGISTRY: dict[str, NetworkSpec] = {
         defaults=dict(
             name="unet", channels=64, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(),
             dropout=0.0, emb_dim=0, time_scale=1.0, use_d=False, num_groups=32, num_heads=1,
-            dtype="float32",
+            dtype="float32", emb_norm="adaptive_scale",
         ),
         make=_make_unet,
     ),

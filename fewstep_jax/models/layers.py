@@ -96,6 +96,21 @@ def attention(q: Array, k: Array, v: Array) -> Array:
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
 
+def pixel_norm(a: Array, epsilon: float = 1e-8, axis: int = -1) -> Array:
+    """Pixel normalization pnorm(a) = a / sqrt(mean over `axis` of a^2 + epsilon) (Karras et al.
+    2018 "PixelNorm"; sCM, Lu & Song 2024 sec. 4.1, adaptive double normalization).
+
+    Invariant to a positive rescaling of `a` up to the epsilon term: pnorm(c a) = pnorm(a) for
+    c > 0 when mean(a^2) >> epsilon / c^2. The statistic and the division are computed in at
+    least float32 (float64 stays float64); the result has that dtype. pnorm(0) = 0, but its
+    derivative there is 1 / sqrt(epsilon), so never feed it an exactly-zero-initialized layer.
+    """
+    a = jnp.asarray(a)
+    a = a.astype(at_least_float32(a.dtype))
+    mean_square = jnp.mean(jnp.square(a), axis=axis, keepdims=True)
+    return a * jax.lax.rsqrt(mean_square + epsilon)
+
+
 def group_count(channels: int, requested: int = 32) -> int:
     """Number of GroupNorm groups actually used: gcd(requested, channels), i.e. the largest group
     count that divides both, so small or odd widths (8, 16, 48) work with the default 32."""

@@ -6,6 +6,8 @@ Differences from the reference DDPM++, on purpose:
     Ho et al. 2020 `resamp_with_conv`) instead of BigGAN resampling residual blocks.
   - Time conditioning is positional_embedding(time_scale * t) (sCM sec. 4.1: c_noise(t) = t), with
     an optional second scalar d and a label table that has a NULL row for CFG.
+  - Optional sCM (Lu & Song 2024) sec. 4.1 "adaptive double normalization" of the embedding
+    modulation (emb_norm='adaptive_double'); the default is DDPM++'s (emb_norm='adaptive_scale').
 Kept from DDPM++: adaptive scale/shift conditioning (adaptive_scale=True), skip_scale 1/sqrt(2) on
 every residual sum, GroupNorm + SiLU pre-activation blocks, self-attention at chosen resolutions
 and in the middle, Xavier-uniform init, near-zero init of residual branch ends and exact-zero init
@@ -27,6 +29,9 @@ from fewstep_jax.models import layers
 Array = jax.Array
 
 SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual sum's variance
+
+# How a ResBlock modulates its second GroupNorm with the embedding (see ResBlock).
+EMB_NORMS = ("adaptive_scale", "adaptive_double")
 
 
 def visited_resolutions(resolution: int, channel_mult: Sequence[int]) -> tuple[int, ...]:
@@ -50,10 +55,20 @@ class ResBlock(nn.Module):
     """DDPM++ residual block (score_sde ResnetBlockBigGAN / EDM UNetBlock, adaptive_scale=True):
 
         h = conv3x3(SiLU(GN(x)))
-        scale, shift = Dense(SiLU(emb))           # done once per block from the shared emb
-        h = SiLU(GN(h) * (1 + scale) + shift)
+        h = SiLU(modulate(GN(h), SiLU(emb)))
         h = conv3x3_small_init(dropout(h))
         out = (skip(x) + h) / sqrt(2)             # skip = 1x1 conv when widths differ
+
+    `emb_norm` picks `modulate` (the projections act on the shared, already SiLU-ed emb):
+      - 'adaptive_scale' (DDPM++ / EDM adaptive_scale=True), one Dense `emb_proj` to 2 * width:
+            scale, shift = emb_proj(emb);  modulate = GN(h) * (1 + scale) + shift
+      - 'adaptive_double' (sCM, Lu & Song 2024 sec. 4.1, adaptive double normalization), two
+        separate Dense projections s = `emb_scale`, b = `emb_shift` to the block width:
+            modulate = GN(h) * pnorm(s(emb)) + pnorm(b(emb)),
+            pnorm(a) = a / sqrt(mean_channels(a^2) + eps)   (`layers.pixel_norm`, float32)
+        s and b keep the normal (Xavier-uniform) Dense init: pnorm of a zero-initialized
+        projection would be 0 with a 1 / sqrt(eps) derivative. The modulation is invariant to a
+        positive rescaling of s's and b's kernels and biases.
 
     x [B, H, W, Cin], emb_act [B, E] (already SiLU-ed) -> [B, H, W, out_channels].
     """
@@ -62,18 +77,32 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     num_groups: int = 32
     dtype: Any = jnp.float32
+    emb_norm: str = "adaptive_scale"
+
+    def _dense(self, features: int, name: str) -> nn.Dense:
+        return nn.Dense(
+            features, dtype=self.dtype, kernel_init=layers.xavier_uniform, name=name
+        )
 
     @nn.compact
     def __call__(self, x: Array, emb_act: Array, train: bool) -> Array:
+        if self.emb_norm not in EMB_NORMS:
+            raise ValueError(f"emb_norm must be one of {EMB_NORMS}, got {self.emb_norm!r}")
         h = nn.silu(layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_0")(x))
         h = _conv(self.out_channels, 3, self.dtype, "conv_0")(h)
-        params = nn.Dense(
-            2 * self.out_channels, dtype=self.dtype, kernel_init=layers.xavier_uniform,
-            name="emb_proj",
-        )(emb_act)
-        scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
         h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_1")(h)
-        h = nn.silu(h * (1.0 + scale) + shift)
+        if self.emb_norm == "adaptive_scale":
+            params = self._dense(2 * self.out_channels, "emb_proj")(emb_act)
+            scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
+            h = h * (1.0 + scale) + shift
+        else:
+            scale = layers.pixel_norm(self._dense(self.out_channels, "emb_scale")(emb_act))
+            shift = layers.pixel_norm(self._dense(self.out_channels, "emb_shift")(emb_act))
+            # pnorm and the modulation in float32 (or float64), then back to the compute dtype.
+            stat = jnp.result_type(scale, layers.at_least_float32(h.dtype))
+            h = h.astype(stat) * scale[:, None, None, :] + shift[:, None, None, :]
+            h = h.astype(self.dtype)
+        h = nn.silu(h)
         if self.dropout > 0.0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = _conv(self.out_channels, 3, self.dtype, "conv_1", init=layers.small_init())(h)
@@ -148,7 +177,10 @@ class UNet(nn.Module):
     Fields: channels (base width), channel_mult (width multiplier per level), num_blocks,
     attn_resolutions (absolute spatial sizes that get attention), dropout, emb_dim (0 -> 4 *
     channels), time_scale, use_d, num_groups (clamped per width by gcd), num_heads, num_classes
-    (0 = unconditional; id num_classes is NULL), dtype (computation dtype; params float32).
+    (0 = unconditional; id num_classes is NULL), dtype (computation dtype; params float32),
+    emb_norm (one of EMB_NORMS: 'adaptive_scale' = DDPM++ GN(h) * (1 + scale) + shift;
+    'adaptive_double' = sCM (Lu & Song 2024) sec. 4.1, adaptive double normalization,
+    GN(h) * pnorm(s(emb)) + pnorm(b(emb)); see ResBlock).
     """
 
     channels: int = 64
@@ -163,6 +195,7 @@ class UNet(nn.Module):
     num_heads: int = 1
     num_classes: int = 0
     dtype: Any = jnp.float32
+    emb_norm: str = "adaptive_scale"
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -209,7 +242,9 @@ class UNet(nn.Module):
         emb_act = nn.silu(emb)
 
         def res_block(width: int, name: str) -> ResBlock:
-            return ResBlock(width, self.dropout, self.num_groups, self.dtype, name=name)
+            return ResBlock(
+                width, self.dropout, self.num_groups, self.dtype, self.emb_norm, name=name
+            )
 
         def attn_block(name: str) -> AttentionBlock:
             return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name)

@@ -105,6 +105,9 @@ IMAGE_CASES = [
     ("16x16x3", dict(channels=16, channel_mult=(1, 2, 2), attn_resolutions=(8,)), (16, 16, 3), 2),
     ("32x32x3", dict(channels=16, channel_mult=(1, 2, 2), attn_resolutions=(16,)), (32, 32, 3), 2),
     ("64x64x3", dict(channels=8, channel_mult=(1, 1, 2, 2), attn_resolutions=(8,)), (64, 64, 3), 1),
+    # sCM adaptive double normalization (the cases above use the default 'adaptive_scale').
+    ("16x16x3_double", dict(channels=16, channel_mult=(1, 2, 2), attn_resolutions=(8,),
+                            emb_norm="adaptive_double"), (16, 16, 3), 2),
 ]
 
 
@@ -217,11 +220,26 @@ def test_grad_reaches_every_parameter(cond_net):
 def test_jvp_matches_central_difference_float64(cond_net):
     """jax.jvp w.r.t. (x, t) equals a central finite difference in float64 (sCM sec. 4.1 needs the
     tangent dF/dt through attention and GroupNorm)."""
+    _assert_jvp_matches_central_difference(cond_net.cfg, cond_net.data_shape, cond_net.params)
+
+
+def test_adaptive_double_jvp_matches_central_difference_float64():
+    """The same check through pnorm(s(emb)), pnorm(b(emb)) (sCM sec. 4.1 adaptive double norm)."""
+    cfg = {**UNET_SMALL, "emb_norm": "adaptive_double"}
+    net = _build(cfg, (8, 8, 1), num_classes=NUM_CLASSES, use_d=True)
+    x, t = _inputs((8, 8, 1), 2, 11)
+    params = _random_params(net, x, t, jnp.zeros(2, jnp.int32), t, seed=16)
+    assert "emb_scale" in params["mid_res_0"] and "emb_proj" not in params["mid_res_0"]
+    _assert_jvp_matches_central_difference(cfg, (8, 8, 1), params)
+
+
+def _assert_jvp_matches_central_difference(cfg: dict, data_shape, params) -> None:
+    """jvp of a use_d, class-conditional float64 build of `cfg` (float32 `params` cast up) along
+    random (vx, vt) vs a central difference with step 1e-5; relative L2 error < 1e-6."""
     with jax.enable_x64(True):
-        net = _build(cond_net.cfg, cond_net.data_shape, num_classes=NUM_CLASSES, use_d=True,
-                     dtype="float64")
-        x, t = _inputs(cond_net.data_shape, 2, 11, jnp.float64)
-        vx, vt = _inputs(cond_net.data_shape, 2, 12, jnp.float64)
+        net = _build(cfg, data_shape, num_classes=NUM_CLASSES, use_d=True, dtype="float64")
+        x, t = _inputs(data_shape, 2, 11, jnp.float64)
+        vx, vt = _inputs(data_shape, 2, 12, jnp.float64)
         y = jnp.array([1, NUM_CLASSES], jnp.int32)
         d = jnp.array([0.3, 0.7])
         eps = 1e-5
@@ -241,12 +259,64 @@ def test_jvp_matches_central_difference_float64(cond_net):
             fd = (both[:2] - both[2:]) / (2 * eps)
             return out, tangent, fd
 
-        out, tangent, fd = tangent_and_difference(cond_net.params, x, t, vx, vt)
+        out, tangent, fd = tangent_and_difference(params, x, t, vx, vt)
         assert out.dtype == jnp.float64 and tangent.shape == x.shape
         norm = float(jnp.linalg.norm(tangent))
         assert norm > 0
         rel = float(jnp.linalg.norm(tangent - fd)) / norm
         assert rel < 1e-6, rel
+
+
+# --------------------------------------------------------------------------------------------
+# sCM (Lu & Song 2024) sec. 4.1 adaptive double normalization: GN(h) * pnorm(s(emb)) + pnorm(b(emb)).
+
+
+_EMB_PROJECTIONS = {"adaptive_scale": ("emb_proj",), "adaptive_double": ("emb_scale", "emb_shift")}
+
+
+@pytest.mark.parametrize("emb_norm", ["adaptive_scale", "adaptive_double"])
+def test_emb_norm_scale_invariance_of_embedding_projections(emb_norm):
+    """Multiplying the kernel and bias of every embedding projection by c = 7 leaves the
+    'adaptive_double' output unchanged (pnorm(c a) = pnorm(a)) and changes the 'adaptive_scale'
+    one. For 'adaptive_double', other values of the projections must still change the output
+    (so the invariance is not just the projections being unused)."""
+    net = _build(UNET_SMALL, (8, 8, 1), emb_norm=emb_norm)
+    x, t = _inputs((8, 8, 1), 2, 17)
+    params = _random_params(net, x, t, seed=18)
+    names = _EMB_PROJECTIONS[emb_norm]
+    blocks = [k for k in params if "_res_" in k]
+    assert len(blocks) == 8  # enc 2 x 1, mid 2, dec 2 x 2
+    for block in blocks:  # every ResBlock has exactly the projections of its emb_norm
+        assert {n for n in params[block] if n.startswith("emb_")} == set(names), params[block]
+
+    def map_projections(fn):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: fn(p) if any(getattr(k, "key", None) in names for k in path) else p,
+            params,
+        )
+
+    apply = _jit(net.apply)
+    base = apply({"params": params}, x, t)
+    assert base.shape == x.shape and base.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(base))) and float(jnp.abs(base).max()) > 1e-2
+    scaled = apply({"params": map_projections(lambda p: 7.0 * p)}, x, t)
+    assert bool(jnp.all(jnp.isfinite(scaled)))
+    if emb_norm == "adaptive_double":
+        np.testing.assert_allclose(scaled, base, rtol=1e-5, atol=1e-5)
+        # Sign flip: pnorm(-a) = -pnorm(a), a different modulation.
+        flipped = apply({"params": map_projections(lambda p: -p)}, x, t)
+        assert float(jnp.abs(flipped - base).max()) > 1e-3
+    else:
+        assert float(jnp.abs(scaled - base).max()) > 1e-3
+
+
+def test_pixel_norm():
+    a = jnp.array([[3.0, -4.0], [0.0, 0.0]], jnp.bfloat16)
+    out = layers.pixel_norm(a)
+    assert out.dtype == jnp.float32  # statistics in float32
+    np.testing.assert_allclose(out[0], np.array([3.0, -4.0]) / np.sqrt(12.5), rtol=1e-6)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_allclose(layers.pixel_norm(7.0 * a), out, rtol=1e-6)
 
 
 def test_attention_matches_reference_and_is_jvp_safe():
@@ -310,13 +380,23 @@ def test_count_params():
         (dict(name="unet", dropout=1.0), (8, 8, 1), r"dropout must be in \[0, 1\)"),
         (dict(name="mlp", dtype="float16"), (2,), r"dtype must be one of"),
         (dict(name="unet", channels=30, num_heads=8), (8, 8, 1), r"num_heads=8 does not divide"),
+        (dict(name="unet", emb_norm="adaptive"), (8, 8, 1),
+         r"emb_norm must be one of \['adaptive_scale', 'adaptive_double'\], got 'adaptive'"),
+        (dict(name="mlp", emb_norm="adaptive_double"), (2,), r"unknown key\(s\) \['emb_norm'\]"),
     ],
     ids=["name", "unet_typo", "mlp_typo", "resolution", "nonsquare", "unet_rank", "mlp_rank",
-         "attn_res", "dropout", "dtype", "heads"],
+         "attn_res", "dropout", "dtype", "heads", "emb_norm", "mlp_emb_norm"],
 )
 def test_build_validation_errors(cfg, data_shape, match):
     with pytest.raises(ValueError, match=match):
         _build(cfg, data_shape)
+
+
+def test_unet_module_rejects_unknown_emb_norm():
+    """Direct construction (bypassing `build`) fails at trace time with the same message."""
+    unet = models.UNet(channels=8, channel_mult=(1,), num_blocks=1, emb_norm="double")
+    with pytest.raises(ValueError, match=r"emb_norm must be one of .*'adaptive_double'"):
+        jax.eval_shape(unet.init, _key(0), jnp.zeros((1, 4, 4, 1)), jnp.zeros(1))
 
 
 def test_passing_d_without_use_d_raises():

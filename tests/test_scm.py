@@ -1,0 +1,260 @@
+"""sCT / sCD (sCM, Lu & Song 2024) against math: the jvp tangent, the loss
+gradient's discrete-time limit, the samplers, and distillation from an exact teacher."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fewstep_jax import methods, models
+from fewstep_jax.data import DatasetInfo
+
+SIGMA_D = 0.5
+INFO = DatasetInfo(name="vec", shape=(3,), num_classes=0, data_std=SIGMA_D)
+
+
+def perturbed(params, key, scale=0.3):
+    """Random params everywhere (the zero-initialized output layer would hide the net)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def build_sct(dtype="float64", dropout=0.0, **method_cfg):
+    net = models.build(
+        ml_collections.ConfigDict(dict(name="mlp", hidden=32, depth=2, emb_dim=32, dtype=dtype, dropout=dropout)),
+        data_shape=INFO.shape,
+        num_classes=0,
+    )
+    cfg = dict(name="sct", sigma_d=SIGMA_D, **method_cfg)
+    return methods.build(ml_collections.ConfigDict(cfg), net, INFO)
+
+
+def random_problem(n=16, dtype=jnp.float64, seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    x0 = jax.random.normal(k1, (n, 3), dtype) * 0.7
+    z = SIGMA_D * jax.random.normal(k2, (n, 3), dtype)
+    t = jax.random.uniform(k3, (n,), dtype, 0.05, 1.5)
+    return x0, z, t
+
+
+def trajectory(x0, z, tau):
+    return jnp.cos(tau)[:, None] * x0 + jnp.sin(tau)[:, None] * z
+
+
+def init_params(method, dtype=jnp.float64, seed=1):
+    example = {"x": jnp.zeros((1, 3), dtype), "y": jnp.zeros((1,), jnp.int32)}
+    params = method.init_params(jax.random.key(seed), example)
+    return jax.tree.map(lambda p: p.astype(dtype), perturbed(params, jax.random.key(seed + 100)))
+
+
+def test_tangent_equals_finite_difference_of_cos_t_f():
+    """g (r = 1) == cos(t) d/dtau f^-(x(tau), tau) at tau = t along the sCT trajectory."""
+    with jax.enable_x64(True):
+        method = build_sct()
+        params = init_params(method)
+        x0, z, t = random_problem()
+        dxdt = jnp.cos(t)[:, None] * z - jnp.sin(t)[:, None] * x0
+        _, g = method.tangent(params["net"], trajectory(x0, z, t), t, dxdt, r=1.0, train=False)
+
+        def f(tau):
+            return method.consistency_fn(params["net"], trajectory(x0, z, tau), tau)
+
+        h = 1e-5
+        fd = jnp.cos(t)[:, None] * (f(t + h) - f(t - h)) / (2 * h)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(fd), rtol=1e-6, atol=1e-9)
+        # The tangent is not trivially small: the test compares real numbers.
+        assert float(jnp.mean(jnp.abs(g))) > 1e-2
+
+
+def test_loss_gradient_is_the_dt_to_zero_limit_of_the_discrete_loss():
+    """Without normalization and weighting (r = 1), grad of the sCM loss ==
+    lim_{dt->0} grad E[(1/(sigma_d tan t)) mean_pix (f(x_t,t) - SG f(x_{t-dt},t-dt))^2] / dt."""
+    with jax.enable_x64(True):
+        method = build_sct(tangent_norm=False, adaptive_weighting=False, tangent_warmup=0)
+        params = init_params(method)
+        x0 = 0.7 * jax.random.normal(jax.random.key(5), (32, 3), jnp.float64)
+        batch = {"x": x0, "y": jnp.zeros((32,), jnp.int32)}
+        rng = jax.random.key(7)
+        step = jnp.asarray(0, jnp.int32)
+        grad_cont = jax.grad(lambda p: method.loss(p, None, batch, rng, step)[0])(params)
+
+        # The same t and z the loss draws (its key split is part of its contract).
+        k_t, k_z, *_ = jax.random.split(rng, 5)
+        t = method.sample_time(k_t, 32).astype(jnp.float64)
+        z = SIGMA_D * jax.random.normal(k_z, x0.shape, x0.dtype)
+
+        def discrete(p, dt):
+            f_now = method.consistency_fn(p["net"], trajectory(x0, z, t), t)
+            f_prev = jax.lax.stop_gradient(method.consistency_fn(p["net"], trajectory(x0, z, t - dt), t - dt))
+            per = jnp.mean((f_now - f_prev) ** 2, axis=1) / (SIGMA_D * jnp.tan(t))
+            return jnp.mean(per) / dt
+
+        errors = []
+        for dt in (1e-3, 1e-4, 1e-5):
+            grad_disc = jax.grad(discrete)(params, dt)
+            a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad_cont)])
+            b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad_disc)])
+            errors.append(np.linalg.norm(a - b) / np.linalg.norm(a))
+        assert errors[-1] < 1e-4, errors
+        assert errors[0] > errors[1] > errors[2], errors  # first-order convergence in dt
+
+
+def test_stop_gradient_pass_equals_trainable_pass_with_dropout():
+    """Same dropout key in both passes: F - F^- = 0, so with normalization on and weighting off the
+    loss value is exactly mean ||g||^2 / (||g|| + c)^2 / D."""
+    method = build_sct(dtype="float32", dropout=0.3, adaptive_weighting=False, tangent_warmup=0)
+    params = init_params(method, jnp.float32)
+    x0, _, _ = random_problem(n=64, dtype=jnp.float32)
+    batch = {"x": x0, "y": jnp.zeros((64,), jnp.int32)}
+    rng = jax.random.key(3)
+    loss, metrics = jax.jit(method.loss)(params, None, batch, rng, jnp.asarray(0))
+    k_t, k_z, k_drop, *_ = jax.random.split(rng, 5)
+    t = method.sample_time(k_t, 64)
+    z = SIGMA_D * jax.random.normal(k_z, x0.shape)
+    x_t = trajectory(x0, z, t)
+    dxdt = jnp.cos(t)[:, None] * z - jnp.sin(t)[:, None] * x0
+    F_m, g = method.tangent(params["net"], x_t, t, dxdt, r=1.0, train=True, dropout_rng=k_drop)
+    F = method.apply_net(params["net"], x_t / SIGMA_D, t, train=True, dropout_rng=k_drop)
+    # Equal up to float32 rounding (the jvp's primal is a differently fused graph); a
+    # different dropout mask would differ by O(1) (checked below).
+    np.testing.assert_allclose(np.asarray(F), np.asarray(F_m), rtol=1e-5, atol=1e-5)
+    g_norm = jnp.linalg.norm(g, axis=1)
+    expected = jnp.mean(g_norm**2 / (g_norm + 0.1) ** 2) / 3
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    assert float(metrics["tangent_nonfinite_frac"]) == 0.0
+    # Dropout is really on: another key gives another output.
+    F_other = method.apply_net(params["net"], x_t / SIGMA_D, t, train=True, dropout_rng=jax.random.key(99))
+    assert not np.allclose(np.asarray(F), np.asarray(F_other))
+
+
+def test_tangent_warmup_and_normalization():
+    method = build_sct(dtype="float32", tangent_warmup=100)
+    params = init_params(method, jnp.float32)
+    x0, _, _ = random_problem(n=8, dtype=jnp.float32)
+    batch = {"x": x0, "y": jnp.zeros((8,), jnp.int32)}
+    loss = jax.jit(method.loss)
+    for step, r in ((0, 0.0), (50, 0.5), (100, 1.0), (1000, 1.0)):
+        _, m = loss(params, None, batch, jax.random.key(0), jnp.asarray(step))
+        assert float(m["tangent_warmup_r"]) == pytest.approx(r)
+
+
+def test_samplers_reproduce_f():
+    method = build_sct(dtype="float32")
+    params = init_params(method, jnp.float32)
+    n, rng = 5, jax.random.key(4)
+    x = jax.random.normal(jax.random.key(8), (n, 3))
+    # f(x, 0) = x by construction.
+    np.testing.assert_array_equal(np.asarray(method.consistency_fn(params["net"], x, jnp.zeros(n))), np.asarray(x))
+    t_max = np.arctan(80.0 / SIGMA_D)
+    assert method.sample_times(2) == pytest.approx([t_max, 1.1])
+    assert method.sample_times(3) == pytest.approx([t_max, 1.1, 0.55])
+    keys1 = jax.random.split(rng, 1)
+    z0_one = SIGMA_D * jax.random.normal(keys1[0], (n, 3))
+    np.testing.assert_allclose(
+        np.asarray(method.sample(params, rng, num_samples=n, num_steps=1)),
+        np.asarray(method.consistency_fn(params["net"], z0_one, jnp.full((n,), t_max, jnp.float32))),
+        rtol=1e-6,
+    )
+    keys = jax.random.split(rng, 2)
+    z0 = SIGMA_D * jax.random.normal(keys[0], (n, 3))
+    x0 = method.consistency_fn(params["net"], z0, jnp.full((n,), t_max, jnp.float32))
+    z1 = SIGMA_D * jax.random.normal(keys[1], (n, 3))
+    renoised = np.cos(1.1) * x0 + np.sin(1.1) * z1
+    two = method.consistency_fn(params["net"], renoised, jnp.full((n,), 1.1, jnp.float32))
+    sampled = method.sample(params, rng, num_samples=n, num_steps=2)
+    np.testing.assert_allclose(np.asarray(sampled), np.asarray(two), rtol=1e-5)
+    # sigma_mid keeps the noise level: t_mid = arctan(sigma_mid / sigma_d).
+    other = build_sct(dtype="float32", sigma_mid=0.98)
+    assert other.sample_times(2)[1] == pytest.approx(np.arctan(0.98 / SIGMA_D))
+    with pytest.raises(ValueError, match="samples with 'euler' only"):
+        method.sample(params, rng, num_samples=n, num_steps=2, sampler="heun")
+    with pytest.raises(ValueError, match="guidance"):
+        method.sample(params, rng, num_samples=n, num_steps=2, guidance=2.0)
+
+
+# ---------------------------------------------------------------------------
+# sCD against the exact PF-ODE of Gaussian data
+
+MU = np.array([0.4, -0.2, 0.1])
+S = 0.3
+
+
+def gaussian_stats(t):
+    c, s = jnp.cos(t)[:, None], jnp.sin(t)[:, None]
+    return c, s, c**2 * S**2 + s**2 * SIGMA_D**2
+
+
+class ExactVelocity(nn.Module):
+    """F*(x_t / sigma_d, t) = E[v_t | x_t] / sigma_d for x0 ~ N(MU, S^2 I)."""
+
+    scale: float = 1.0  # != 1: a wrong teacher
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, u, t, y=None, d=None, train=False):
+        x_t = SIGMA_D * u
+        c, s, var = gaussian_stats(t)
+        resid = x_t - c * MU
+        e_x0 = MU + c * S**2 / var * resid
+        e_z = s * SIGMA_D**2 / var * resid
+        return self.scale * (c * e_z - s * e_x0) / SIGMA_D
+
+
+class ExactConsistency(nn.Module):
+    """F with f(x_t, t) = MU + S (x_t - cos t MU) / sqrt(V_t): the exact PF-ODE flow map to t = 0."""
+
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, u, t, y=None, d=None, train=False):
+        x_t = SIGMA_D * u
+        c, s, var = gaussian_stats(t)
+        f = MU + S * (x_t - c * MU) / jnp.sqrt(var)
+        return (c * x_t - f) / (s * SIGMA_D)
+
+
+def scd_with_teacher(teacher):
+    cfg = ml_collections.ConfigDict(dict(name="scd", sigma_d=SIGMA_D, teacher="<exact>"))
+    method = methods.build(cfg, ExactConsistency(), INFO)
+    method.teacher_net = teacher
+    return method
+
+
+def test_scd_with_exact_teacher_has_zero_tangent():
+    with jax.enable_x64(True):
+        n = 256
+        k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
+        x0 = MU + S * jax.random.normal(k1, (n, 3), jnp.float64)
+        z = SIGMA_D * jax.random.normal(k2, (n, 3), jnp.float64)
+        t = jax.random.uniform(k3, (n,), jnp.float64, 0.05, 1.5)
+        x_t = trajectory(x0, z, t)
+        frozen = {"teacher": {}}
+
+        def tangent_of(method, dxdt):
+            return method.tangent({}, x_t, t, dxdt, r=1.0, train=False)[1]
+
+        exact = scd_with_teacher(ExactVelocity())
+        g = tangent_of(exact, exact.velocity(x0, z, t, None, frozen, jnp.ones(n)))
+        assert float(jnp.max(jnp.abs(g))) < 1e-10
+        # The test can fail: a wrong teacher, or sCT's one-sample velocity, give a non-zero tangent.
+        wrong = scd_with_teacher(ExactVelocity(scale=1.3))
+        g_wrong = tangent_of(wrong, wrong.velocity(x0, z, t, None, frozen, jnp.ones(n)))
+        assert float(jnp.mean(jnp.abs(g_wrong))) > 1e-2
+        sct_velocity = jnp.cos(t)[:, None] * z - jnp.sin(t)[:, None] * x0
+        assert float(jnp.mean(jnp.abs(tangent_of(exact, sct_velocity)))) > 1e-2
+
+
+def test_method_config_errors():
+    with pytest.raises(ValueError, match="scd needs method.teacher"):
+        methods.build(ml_collections.ConfigDict(dict(name="scd")), ExactConsistency(), INFO)
+    with pytest.raises(ValueError, match="sct trains without a teacher"):
+        methods.build(ml_collections.ConfigDict(dict(name="sct", teacher="x")), ExactConsistency(), INFO)
+    with pytest.raises(ValueError, match="teacher guidance needs class-conditional data"):
+        methods.build(
+            ml_collections.ConfigDict(dict(name="scd", teacher="x", teacher_guidance_max=2.0)), ExactConsistency(), INFO
+        )

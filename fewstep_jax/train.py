@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -180,8 +181,11 @@ def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params
             f"train.init_from={exp.train.init_from}: its network does not match config.model "
             "(different architecture or sizes); use the same model section as the pretrained run"
         )
-    params = dict(state.params, net=net_params)
-    ema = {name: dict(e, net=net_params) for name, e in state.ema.items()}
+    def copy(tree):  # separate buffers: the state is donated to the train step
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+    params = dict(state.params, net=copy(net_params))
+    ema = {name: dict(e, net=copy(net_params)) for name, e in state.ema.items()}
     new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params))
     return jax.device_put(new, exp.state_shardings)
 

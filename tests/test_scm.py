@@ -3,6 +3,8 @@ gradient's discrete-time limit, the samplers, and distillation from an exact tea
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -258,3 +260,35 @@ def test_method_config_errors():
         methods.build(
             ml_collections.ConfigDict(dict(name="scd", teacher="x", teacher_guidance_max=2.0)), ExactConsistency(), INFO
         )
+
+
+# ---------------------------------------------------------------------------
+# Through the training loop: teacher -> sCT (init from its EMA) and sCD
+
+
+def test_sct_and_scd_train_from_a_trigflow_teacher(tmp_path):
+    from conftest import load_config, quiet
+
+    from fewstep_jax import train
+
+    teacher = str(tmp_path / "teacher")
+    train.train_and_evaluate(quiet(load_config("trigflow_toy2d"), 10), teacher)
+    for name in ("scm_sct_toy2d", "scm_scd_toy2d"):
+        config = quiet(load_config(name), 10)
+        config.train.init_from = teacher
+        if name == "scm_scd_toy2d":
+            config.method.teacher = teacher
+        config.train.eval_every = 10
+        summary = train.train_and_evaluate(config, str(tmp_path / name))
+        assert summary["status"] == "finished"
+        assert np.isfinite(summary["eval"]["eval/euler_nfe2/swd"])
+    with open(tmp_path / "scm_scd_toy2d" / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    logged = [r for r in records if "tangent_nonfinite_frac" in r]
+    assert logged and all(r["tangent_nonfinite_frac"] == 0.0 for r in logged)
+    assert all(r["g_norm/t0.0-0.4"] >= 0 for r in logged)
+
+    bad = quiet(load_config("scm_scd_toy2d"), 5)
+    bad.method.teacher = str(tmp_path / "scm_sct_toy2d")  # an sCT run is not a TrigFlow teacher
+    with pytest.raises(ValueError, match="not 'trigflow'"):
+        train.train_and_evaluate(bad, str(tmp_path / "bad"))

@@ -7,7 +7,7 @@ DEMO_CONFIG  ?= configs/trigflow_digits.py
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS  ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# Per-step cost of each method relative to its teacher (same network and batch).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/step_cost.py --out=benchmarks/step_cost.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -129,12 +129,16 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.eval.num_samples = 200
     config.eval.grid_size = 16
     config.eval.batch_size = 200
-    if config.model.name == "unet":
-        config.model.channels = 16
-        config.model.num_blocks = 1
-    else:
+    if config.model.name == "mlp":
         config.model.hidden = 64
         config.model.depth = 2
+    else:  # convolutional / transformer networks: shrink whatever width keys they have
+        if "channels" in config.model:
+            config.model.channels = 16
+        if "num_blocks" in config.model:
+            config.model.num_blocks = 1
+        if "channel_mult" in config.model:
+            config.model.channel_mult = tuple(min(m, 2) for m in config.model.channel_mult)
     return config
 
 

@@ -66,6 +66,10 @@ def _keys(data_cfg: Any) -> list[str]:
     return list(data_cfg.keys())
 
 
+#: Real datasets named by the paper configs; their tfds-backed sources are not in this version.
+REAL_DATASETS = ("cifar10", "imagenet64", "celebahq256", "imagenet256_latents")
+
+
 def validate(data_cfg: Any) -> None:
     """Raises ValueError naming the problem for an unknown dataset, distribution, key or bad option.
 
@@ -73,6 +77,12 @@ def validate(data_cfg: Any) -> None:
     """
     keys = _keys(data_cfg)
     name = data_cfg.get("name")
+    if name in REAL_DATASETS:
+        raise ValueError(
+            f"dataset {name!r} is a real dataset read through tensorflow-datasets; this version of fewstep_jax "
+            f"ships only the embedded datasets ({', '.join(KNOWN_DATASETS)}). The paper configs that name it "
+            "record the published hyperparameters and run once the tfds-backed sources are added."
+        )
     if not isinstance(name, str) or name not in _DATASET_KEYS:
         raise ValueError(f"unknown dataset data.name={name!r}; known embedded datasets: {', '.join(KNOWN_DATASETS)}")
     unknown = sorted(set(keys) - set(_DATASET_KEYS[name]))

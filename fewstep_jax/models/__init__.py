@@ -150,6 +150,10 @@ REGISTRY: dict[str, NetworkSpec] = {
 }
 
 
+#: Networks named by paper configs that this version does not have yet.
+PLANNED_NETWORKS = {"edm2": "EDM2 magnitude-preserving UNet, Karras et al. 2024", "dit": "DiT, Peebles & Xie 2023"}
+
+
 def build(model_cfg: Any, *, data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the network named by `model_cfg.name` for samples of shape `data_shape`.
 
@@ -161,6 +165,11 @@ def build(model_cfg: Any, *, data_shape: tuple[int, ...], num_classes: int) -> n
       ValueError: unknown name, unknown keys (typos), or an architecture incompatible with the data.
     """
     name = model_cfg.get("name", None)
+    if name in PLANNED_NETWORKS:
+        raise ValueError(
+            f"network {name!r} ({PLANNED_NETWORKS[name]}) is not in this version of fewstep_jax; "
+            f"available: {sorted(REGISTRY)}"
+        )
     if name not in REGISTRY:
         raise ValueError(f"unknown model name {name!r}; known models: {sorted(REGISTRY)}")
     spec = REGISTRY[name]

@@ -1,0 +1,23 @@
+"""sCD on class-conditional ImageNet 64x64, sCM (Lu & Song 2024) App. G.
+
+Targets (FID, 1 step / 2 steps), sCM Table 2: XL 2.44 / 1.66; 2-step by size
+S/M/L/XL 2.07 / 1.89 / 1.70 / 1.66.
+As configs/scm_sct_imagenet64.py with dropout 0 and the TrigFlow teacher
+(its EMA, eval mode) for dx_t/dt; 400k iterations.
+
+  python -m fewstep_jax.main --config=configs/scm_scd_imagenet64.py:xl --workdir=runs/scm_scd_imagenet64_xl
+
+Needs the EDM2 network and the ImageNet-64 source (not in this version yet).
+Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
+"""
+
+from fewstep_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
+    c = config_lib.load_sibling(__file__, "scm_sct_imagenet64", arg)
+    c.model.dropout = 0.0
+    c.method.name = "scd"
+    c.method.teacher = c.train.init_from
+    return c

@@ -1,0 +1,63 @@
+"""Every config file loads; embedded ones validate; paper configs carry the paper's values."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+from conftest import CONFIGS, load_config
+
+from fewstep_jax import config_lib
+
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
+EMBEDDED = [n for n in NAMES if n.endswith(("_digits", "_toy2d"))]
+PAPER = [n for n in NAMES if n not in EMBEDDED]
+
+
+def test_every_config_has_a_docstring_with_its_command():
+    for name in NAMES:
+        with open(os.path.join(CONFIGS, f"{name}.py")) as f:
+            text = f.read()
+        assert f"--config=configs/{name}.py" in text, name
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_embedded_configs_validate(name, variant):
+    config = load_config(name, variant)
+    if config.method.name == "scd":
+        config.method.teacher = "unused-by-validation"
+    config_lib.validate(config, num_devices=1)
+    if variant == "smoke":
+        assert config.train.num_steps <= 50
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_name_what_is_missing(name):
+    for variant in (None, "smoke"):
+        config = load_config(name, variant)
+        with pytest.raises(ValueError, match="not in this version|this version of fewstep_jax ships only"):
+            config_lib.validate(config, num_devices=1)
+
+
+def test_scm_paper_values():
+    """sCM App. G, as summarized in the method notes."""
+    sct = load_config("scm_sct_cifar", None)
+    assert (sct.train.batch_size, sct.optim.name, sct.optim.lr, sct.optim.b2) == (512, "radam", 1e-4, 0.99)
+    assert (sct.method.p_mean, sct.method.p_std, sct.model.dropout) == (-1.0, 1.4, 0.2)
+    assert (sct.method.tangent_norm_c, sct.method.tangent_warmup, sct.method.t_mid) == (0.1, 10_000, 1.1)
+    scd = load_config("scm_scd_cifar", None)
+    assert scd.model.dropout == 0.0 and scd.method.name == "scd"
+    teacher = load_config("trigflow_cifar", None)
+    assert (teacher.optim.lr, teacher.model.dropout, teacher.train.num_steps) == (1e-3, 0.13, 400_000)
+    assert teacher.method.learned_weighting and teacher.eval.nfes == (18,) and teacher.eval.sampler == "heun"
+    for size, channels, lr in (("s", 192, 1e-2), ("m", 256, 9e-3), ("l", 320, 8e-3), ("xl", 384, 7e-3)):
+        t = load_config("trigflow_imagenet64", size)
+        assert (t.model.channels, t.optim.lr, t.optim.eps, t.optim.decay_steps) == (channels, lr, 1e-11, 35_000)
+        assert (t.method.p_mean, t.method.p_std, t.train.batch_size) == (-0.8, 1.6, 2048)
+        s = load_config("scm_sct_imagenet64", size)
+        assert s.optim.lr == pytest.approx(lr / 100) and (s.method.p_mean, s.method.p_std) == (-1.0, 1.6)
+        assert s.model.dropout == 0.45 and s.train.num_steps == 400_000
+        d = load_config("scm_scd_imagenet64", size)
+        assert d.model.dropout == 0.0 and d.method.teacher == f"runs/trigflow_imagenet64_{size}"

@@ -61,6 +61,7 @@ def time_method(config) -> dict:
     from fewstep_jax import sharding, train
 
     exp = train.setup(config, tempfile.mkdtemp(prefix="bench_"))
+    train.attach_frozen(exp)
     state = train.init_state(exp)
     step_fn = train.make_train_step(exp)
     batches = [sharding.global_batch(next(exp.iterator), exp.batch_sharding) for _ in range(4)]

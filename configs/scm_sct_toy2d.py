@@ -15,7 +15,8 @@ def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "trigflow_toy2d", arg)
     c.method = ml_collections.ConfigDict(
-        dict(name="sct", sigma_d=1.0, p_mean=-0.4, p_std=1.4, tangent_warmup=300, t_mid=1.1)
+        # sigma_d = 1: keep the paper's re-noising level sigma_mid = 0.5 tan(1.1) = 0.98, not t_mid.
+        dict(name="sct", sigma_d=1.0, p_mean=-0.4, p_std=1.4, tangent_warmup=300, sigma_mid=0.98)
     )
     c.optim.name = "radam"
     c.optim.lr = 2e-4

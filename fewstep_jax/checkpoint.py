@@ -62,11 +62,22 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+#: Schedules whose shape depends on train.num_steps: changing it changes the learning rates.
+SCHEDULES_OVER_NUM_STEPS = ("cosine", "linear")
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable list of differences that matter for resuming."""
     a, b = flatten(saved), flatten(current)
+    stretchable = a.get("optim.schedule") in SCHEDULES_OVER_NUM_STEPS
     diffs = []
     for key in sorted(set(a) | set(b)):
+        if key == "train.num_steps" and stretchable and a.get(key) != b.get(key):
+            diffs.append(
+                f"{key}: checkpoint has {a.get(key)!r}, config has {b.get(key)!r} "
+                f"(the {a['optim.schedule']} learning-rate schedule decays over train.num_steps)"
+            )
+            continue
         if key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_SECTIONS):
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")

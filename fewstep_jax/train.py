@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import parameter_overview
 
 from fewstep_jax import checkpoint as ckpt_lib
 from fewstep_jax import config_lib
@@ -119,9 +120,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     abstract = jax.eval_shape(lambda k: state_lib.create(method.init_params(k, example), tx, decays), init_key)
     state_shardings = sharding_lib.tree_shardings(abstract, replicated)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
-    frozen = method.load_frozen(load_pretrained)
-    if frozen is not None:
-        frozen = jax.device_put(frozen, replicated)
     return Experiment(
         config=config,
         workdir=workdir,
@@ -140,8 +138,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_shardings),
         checkpointer=checkpointer,
         is_main=jax.process_index() == 0,
-        frozen=frozen,
     )
+
+
+def attach_frozen(exp: Experiment) -> None:
+    """Load the method's frozen inputs (e.g. sCD's teacher): training needs them, sampling does not."""
+    frozen = exp.method.load_frozen(load_pretrained)
+    if frozen is not None:
+        exp.frozen = jax.device_put(frozen, sharding_lib.replicated(exp.mesh))
 
 
 def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
@@ -207,7 +211,12 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
     if step is None:
         state = init_state(exp)
         if exp.train.init_from:
-            _, net_params = load_pretrained(exp.train.init_from)
+            pre_config, net_params = load_pretrained(exp.train.init_from)
+            if ckpt_lib.config_to_json(pre_config.data) != ckpt_lib.config_to_json(exp.config.data):
+                raise ValueError(
+                    f"train.init_from={exp.train.init_from} was trained on data {pre_config.data.to_dict()}, "
+                    f"this config uses {exp.config.data.to_dict()}"
+                )
             state = with_pretrained_net(exp, state, net_params)
             logging.info("initialized the network from the EMA of %s", exp.train.init_from)
         return state, 0
@@ -348,12 +357,20 @@ def train_and_evaluate(
     exp = setup(config, workdir)
     if exp.is_main:
         os.makedirs(workdir, exist_ok=True)
-    state, step = restore_or_init(exp, allow_config_change=allow_config_change)
+    try:
+        state, step = restore_or_init(exp, allow_config_change=allow_config_change)
+        attach_frozen(exp)
+    except BaseException:
+        exp.checkpointer.close()
+        raise
     if exp.is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     total = exp.train.num_steps
     num_params = models_lib.count_params(state.params["net"])
+    if exp.is_main:
+        with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+            f.write(parameter_overview.get_parameter_overview(jax.device_get(state.params), include_stats=False))
     logging.info(
         "%s on %s: %d network parameters, %d devices, global batch %d, steps %d -> %d",
         config.method.name, exp.info.name, num_params, jax.device_count(), exp.train.batch_size, step, total,
@@ -368,6 +385,7 @@ def train_and_evaluate(
     pending: list[dict[str, jax.Array]] = []
     start_step, t_start, t_first = step, time.perf_counter(), None
     t_aside = 0.0  # seconds spent checkpointing / sampling / evaluating (not training)
+    last_saved = step
 
     try:
         with PreemptionFlag() as preempt:
@@ -382,7 +400,6 @@ def train_and_evaluate(
                     first_done = step
                 last = step == total
                 if step % exp.train.log_every == 0 or last:
-                    check_finite(state, exp)
                     fetched = jax.device_get(pending)
                     pending = []
                     scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -390,9 +407,11 @@ def train_and_evaluate(
                     writer.write_scalars(step, {**scalars, "steps_per_sec": prog["steps_per_sec"]})
                     if exp.is_main:
                         writers_lib.log_progress(step, total, scalars, prog)
+                    check_finite(state, exp)  # after logging, so the bad step's metrics are on record
                 t_aside_start = time.perf_counter()
                 if step % exp.train.checkpoint_every == 0 or last:
                     save_checkpoint(exp, state, step)
+                    last_saved = step
                 if exp.train.sample_every and (step % exp.train.sample_every == 0 or last):
                     write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
                 if exp.train.eval_every and (step % exp.train.eval_every == 0 or last):
@@ -407,7 +426,8 @@ def train_and_evaluate(
                 if (preempt.triggered or step == stop_at) and not last:
                     reason = "SIGTERM received" if preempt.triggered else f"stop_at={stop_at} reached"
                     logging.warning("%s: saving a checkpoint at step %d and exiting", reason, step)
-                    save_checkpoint(exp, state, step)
+                    if last_saved != step:
+                        save_checkpoint(exp, state, step)
                     summary["status"] = "preempted" if preempt.triggered else "stopped"
                     break
     finally:

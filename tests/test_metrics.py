@@ -299,3 +299,14 @@ def test_digits_unreadable_cache_retrains_and_weak_classifier_raises(tmp_path):
     with pytest.raises(RuntimeError, match="held-out accuracy"):
         digits_metrics.DigitsEvaluator(cache_dir=tmp_path, recipe=weak)
     assert path.read_bytes() != b"not msgpack params"  # retrained and rewritten
+
+
+def test_fd_heldout_exposes_memorization(digits_evaluator):
+    """Reproduced training images score better on fd (vs the train split) than on fd_heldout."""
+    train_x, _ = digits_data.load_split("train")
+    memorized = digits_evaluator.evaluate(train_x[:500])
+    assert memorized["fd_heldout"] > 1.5 * memorized["fd"]
+    floor = digits_evaluator.floor()
+    assert floor["fd_heldout"] == pytest.approx(
+        digits_evaluator.evaluate(train_x[np.random.default_rng(0).permutation(len(train_x))[:500]])["fd_heldout"]
+    )

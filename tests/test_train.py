@@ -104,13 +104,28 @@ class NanLossAfterStep12(FlowMatching):
         return jnp.where(step >= 12, jnp.nan, loss), metrics
 
 
+@jax.custom_vjp
+def nan_gradient_when(x, bad):
+    """Identity in value; its gradient is NaN where `bad` (a finite loss with NaN grads)."""
+    return x
+
+
+def _poison_fwd(x, bad):
+    return x, bad
+
+
+def _poison_bwd(bad, g):
+    return jnp.where(bad, jnp.nan, g), None
+
+
+nan_gradient_when.defvjp(_poison_fwd, _poison_bwd)
+
+
 @methods.register("test_nan_grad")
 class NanGradAfterStep12(FlowMatching):
     def loss(self, params, ema_params, batch, rng, step, frozen=None):
         loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
-        # Value 0, gradient sqrt'(0) * 0 = inf * 0 = nan: a finite loss with NaN grads.
-        x = 0.0 * jax.tree.leaves(params)[0].sum() * (step >= 12)
-        return loss + (jnp.sqrt(x) - jax.lax.stop_gradient(jnp.sqrt(x))), metrics
+        return nan_gradient_when(loss, step >= 12), metrics
 
 
 @pytest.mark.parametrize("name,quantity", [("test_nan_loss", "loss"), ("test_nan_grad", "gradient norm")])
@@ -251,19 +266,41 @@ def test_unknown_variant_is_rejected():
 
 def test_incompatible_checkpoint_is_refused_with_the_differences(tmp_path):
     config = quiet(load_config("flow_toy2d"), 5)
+    config.optim.schedule = "constant"
     workdir = str(tmp_path / "w")
     train.train_and_evaluate(config, workdir)
-    changed = quiet(load_config("flow_toy2d"), 10)  # more steps: allowed
+    changed = quiet(load_config("flow_toy2d"), 10)  # more steps: allowed under a constant lr
+    changed.optim.schedule = "constant"
     changed.method.noise_std = 0.5
     changed.optim.lr = 3e-4
+    changed.train.log_every = 1  # run-control keys may change
     with pytest.raises(ckpt_lib.CheckpointError) as err:
         train.train_and_evaluate(changed, workdir)
     text = str(err.value)
     assert "method.noise_std: checkpoint has 1.0, config has 0.5" in text
-    assert "optim.lr" in text and "train.num_steps" not in text
+    assert "optim.lr" in text and "train.num_steps" not in text and "log_every" not in text
     assert "--allow_config_change" in text
     summary = train.train_and_evaluate(changed, workdir, allow_config_change=True)
     assert summary["start_step"] == 5 and summary["end_step"] == 10
+
+
+def test_more_steps_under_a_decaying_schedule_is_a_config_change(tmp_path):
+    """A cosine schedule decays over train.num_steps: extending the run changes every later lr."""
+    config = quiet(load_config("flow_toy2d"), 5)
+    assert config.optim.schedule == "cosine"
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    config.train.num_steps = 10
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"train.num_steps: .*cosine learning-rate schedule"):
+        train.train_and_evaluate(config, workdir)
+
+
+def test_stop_on_a_checkpoint_step_exits_cleanly(tmp_path):
+    """stop_at (like SIGTERM) on a step that was just checkpointed must not save it twice."""
+    config = quiet(load_config("flow_toy2d"), 20)
+    config.train.checkpoint_every = 10
+    summary = train.train_and_evaluate(config, str(tmp_path / "w"), stop_at=10)
+    assert summary["status"] == "stopped" and summary["end_step"] == 10
 
 
 def test_unreadable_checkpoint_is_reported(tmp_path):

@@ -215,8 +215,7 @@ class SCT(Method):
     def check_sampler(self, sampler: str) -> None:
         if sampler != "euler":
             raise ValueError(
-                f"{self.name} samples with 'euler' only (each step is one consistency jump to t = 0), "
-                f"got {sampler!r}"
+                f"{self.name} samples with 'euler' only (each step is one consistency jump to t = 0), got {sampler!r}"
             )
 
     def check_guidance(self, guidance: float) -> None:
@@ -279,6 +278,10 @@ class SCD(SCT):
         config, teacher_params = loader(self.cfg.teacher)
         if config.method.name != "trigflow":
             raise ValueError(f"scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'")
+        if config.data.name != self.info.name:
+            raise ValueError(
+                f"scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r}, not {self.info.name!r}"
+            )
         if abs(config.method.sigma_d - self.cfg.sigma_d) > 1e-12:
             raise ValueError(
                 f"scd: teacher sigma_d={config.method.sigma_d} differs from method.sigma_d={self.cfg.sigma_d}"

@@ -9,6 +9,8 @@ data, so changing either retrains instead of silently loading stale weights.
 Metrics (evaluate(samples, labels=None)):
   fd              Frechet distance (Heusel et al. 2017 eq. 6) between the 64-d penultimate
                   features of the samples and of the whole train split. Lower is better.
+  fd_heldout      the same against the 500 held-out images: a model that reproduces its
+                  training images scores better on fd than on fd_heldout.
   coverage        fraction of the 10 classes whose share of predicted labels is >= 0.05 (half of
                   uniform): a mode-collapsed sampler covers few classes.
   class_entropy   entropy (nats) of the predicted-class histogram / log(10); 1.0 = uniform.
@@ -152,6 +154,7 @@ class DigitsEvaluator:
             )
         train_x, _ = digits_data.load_split("train")
         self.train_mu, self.train_sigma = frechet.gaussian_stats(self.features(train_x))
+        self.test_mu, self.test_sigma = frechet.gaussian_stats(self.features(test_x))
         self._floor: dict[str, float] | None = None
 
     def _load(self) -> Any | None:
@@ -223,7 +226,7 @@ class DigitsEvaluator:
                     f"labels must be in [0, {digits_data.NUM_CLASSES}), got range [{labels.min()}, {labels.max()}]"
                 )
         if not np.all(np.isfinite(samples)):
-            worst = {"fd": float("inf"), "coverage": 0.0, "class_entropy": 0.0}
+            worst = {"fd": float("inf"), "fd_heldout": float("inf"), "coverage": 0.0, "class_entropy": 0.0}
             return worst | ({"label_accuracy": 0.0} if labels is not None else {})
 
         logits, features = self.logits_and_features(samples)
@@ -231,8 +234,10 @@ class DigitsEvaluator:
         share = np.bincount(predicted, minlength=digits_data.NUM_CLASSES) / len(predicted)
         nonzero = share[share > 0]
         entropy = -(nonzero * np.log(nonzero)).sum() + 0.0  # + 0.0 turns the one-class -0.0 into 0.0
+        stats = frechet.gaussian_stats(features)
         metrics = {
-            "fd": frechet.frechet_distance(*frechet.gaussian_stats(features), self.train_mu, self.train_sigma),
+            "fd": frechet.frechet_distance(*stats, self.train_mu, self.train_sigma),
+            "fd_heldout": frechet.frechet_distance(*stats, self.test_mu, self.test_sigma),
             "coverage": float(np.mean(share >= 0.5 / digits_data.NUM_CLASSES)),
             "class_entropy": float(entropy / np.log(digits_data.NUM_CLASSES)),
         }
@@ -241,7 +246,14 @@ class DigitsEvaluator:
         return metrics
 
     def floor(self) -> dict[str, float]:
-        """The metrics of the 500 real held-out images with their labels (the real-data floor)."""
+        """Real-data floors at this sample size: every metric of the 500 held-out images with their
+        labels, except fd_heldout, which is that of 500 fixed training images (held-out vs itself
+        would be 0)."""
         if self._floor is None:
-            self._floor = self.evaluate(*digits_data.load_split("test"))
+            floor = self.evaluate(*digits_data.load_split("test"))
+            train_x, _ = digits_data.load_split("train")
+            subset = np.random.default_rng(0).permutation(len(train_x))[: self.num_samples]
+            stats = frechet.gaussian_stats(self.features(train_x[subset]))
+            floor["fd_heldout"] = frechet.frechet_distance(*stats, self.test_mu, self.test_sigma)
+            self._floor = floor
         return dict(self._floor)

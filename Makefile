@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_CONFIG  ?= configs/trigflow_digits.py
 DEMO_WORKDIR ?= runs/demo
-PYTEST_ARGS  ?=
+PYTEST_ARGS  ?= -n 2
 
 .PHONY: install demo test bench clean
 

@@ -293,7 +293,8 @@ def test_bad_state_raises(state, message):
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        (dict(name="cifar10"), "unknown dataset.*toy2d, digits"),
+        (dict(name="mnist"), "unknown dataset.*toy2d, digits"),
+        (dict(name="cifar10"), r"real dataset .*ships only the embedded datasets \(toy2d, digits\)"),
         (dict(name=None), "unknown dataset"),
         (dict(name=["digits"]), "unknown dataset"),
         (dict(name="toy2d", distribution=["moons"]), "unknown toy2d distribution"),

@@ -175,21 +175,36 @@ def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
 def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params: Any) -> state_lib.TrainState:
     """Replace the network weights (live and every EMA) by pretrained ones.
 
-    Extra trainable pieces of the method (e.g. a learned loss weighting) keep
-    their fresh initialization, and the optimizer state starts anew.
+    Every pretrained weight must exist in this network with the same shape. This
+    network may have extra weights (e.g. the guidance-scale embedding of a guided
+    sCD student, model.use_d), which keep their fresh initialization and are
+    logged. Extra trainable pieces of the method (a learned loss weighting) are
+    re-initialized too, and the optimizer state starts anew.
     """
-    expected = jax.tree.map(lambda x: (x.shape, x.dtype), state.params["net"])
-    got = jax.tree.map(lambda x: (x.shape, x.dtype), net_params)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+    from flax import traverse_util
+
+    ours = traverse_util.flatten_dict(jax.device_get(state.params["net"]), sep="/")
+    theirs = traverse_util.flatten_dict(jax.device_get(net_params), sep="/")
+    missing = sorted(k for k in theirs if k not in ours)
+    mismatched = sorted(k for k in theirs if k in ours and ours[k].shape != theirs[k].shape)
+    if missing or mismatched:
         raise ValueError(
             f"train.init_from={exp.train.init_from}: its network does not match config.model "
-            "(different architecture or sizes); use the same model section as the pretrained run"
+            f"(weights absent here: {missing[:5]}; different shapes: {mismatched[:5]}); "
+            "use the same model section as the pretrained run"
         )
+    fresh = sorted(k for k in ours if k not in theirs)
+    if fresh:
+        logging.info(
+            "init_from: %d weights are new in this network and keep their initialization: %s", len(fresh), fresh
+        )
+    merged = traverse_util.unflatten_dict({**ours, **theirs}, sep="/")
+
     def copy(tree):  # separate buffers: the state is donated to the train step
         return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
-    params = dict(state.params, net=copy(net_params))
-    ema = {name: dict(e, net=copy(net_params)) for name, e in state.ema.items()}
+    params = dict(state.params, net=copy(merged))
+    ema = {name: dict(e, net=copy(merged)) for name, e in state.ema.items()}
     new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params))
     return jax.device_put(new, exp.state_shardings)
 
@@ -313,8 +328,15 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), step)
     for k in ev.nfes:
         x = eval_lib.generate(
-            sample_fns, net_params, jax.random.fold_in(rng, k), n=n, labels=labels,
-            num_steps=k, sampler=ev.sampler, guidance=ev.guidance, batch_size=min(n, 2000),
+            sample_fns,
+            net_params,
+            jax.random.fold_in(rng, k),
+            n=n,
+            labels=labels,
+            num_steps=k,
+            sampler=ev.sampler,
+            guidance=ev.guidance,
+            batch_size=min(n, 2000),
         )
         if not exp.is_main:
             continue
@@ -322,7 +344,10 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
         path = os.path.join(exp.workdir, "samples", f"{tag}_{ev.sampler}_nfe{nfe}.png")
         cols = exp.info.num_classes if exp.info.num_classes and n % exp.info.num_classes == 0 else None
         eval_lib.save_samples_png(
-            x, path, cols=cols, reference=reference,
+            x,
+            path,
+            cols=cols,
+            reference=reference,
             title=f"{exp.config.method.name} {ev.sampler} NFE {nfe} ({tag})",
         )
 
@@ -373,7 +398,13 @@ def train_and_evaluate(
             f.write(parameter_overview.get_parameter_overview(jax.device_get(state.params), include_stats=False))
     logging.info(
         "%s on %s: %d network parameters, %d devices, global batch %d, steps %d -> %d",
-        config.method.name, exp.info.name, num_params, jax.device_count(), exp.train.batch_size, step, total,
+        config.method.name,
+        exp.info.name,
+        num_params,
+        jax.device_count(),
+        exp.train.batch_size,
+        step,
+        total,
     )
 
     writer = writers_lib.MetricWriter(workdir, enabled=exp.is_main)
@@ -484,7 +515,12 @@ def eval_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
     floor = evaluator.floor()
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 20_000_000 + step)
     rows = eval_lib.evaluate_steps(
-        exp.method, eval_lib.SampleFns(exp.method), exp.sampling_params(state), evaluator, exp.eval, rng,
+        exp.method,
+        eval_lib.SampleFns(exp.method),
+        exp.sampling_params(state),
+        evaluator,
+        exp.eval,
+        rng,
         exp.eval.nfes,
     )
     exp.checkpointer.close()

@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     from fewstep_jax import checkpoint, train
 
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_logger().addFilter(QuietLibraries())
+    logging.get_absl_logger().addFilter(QuietLibraries())  # libraries logging through absl (orbax)
+    logging.get_absl_handler().python_handler.addFilter(QuietLibraries())  # and through std logging (jax)
     config = FLAGS.config
     try:
         if FLAGS.mode == "train":

@@ -12,8 +12,6 @@ in App. G; 400k follows the ECT-matched ablation (App. E.3).
 Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:smoke`.
 """
 
-import ml_collections
-
 from fewstep_jax import config_lib
 
 
@@ -21,19 +19,7 @@ def get_config(arg: str | None = None):
     config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "trigflow_cifar", arg)
     c.model.dropout = 0.2
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="sct",
-            sigma_d=0.5,
-            p_mean=-1.0,
-            p_std=1.4,
-            tangent_warmup=10_000,
-            tangent_norm=True,
-            tangent_norm_c=0.1,
-            adaptive_weighting=True,
-            t_mid=1.1,
-        )
-    )
+    c.method = config_lib.scm_method("sct")
     c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.99, schedule="constant"))
     c.train.init_from = "runs/trigflow_cifar"
     c.eval.update(dict(sampler="euler", nfes=(1, 2)))

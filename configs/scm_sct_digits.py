@@ -12,8 +12,6 @@ tangent warmup H is scaled from 10k of 400k steps to the shorter run.
 Variants: `:smoke` (from scratch, seconds on a CPU).
 """
 
-import ml_collections
-
 from fewstep_jax import config_lib
 
 TEACHER = "runs/trigflow_digits"
@@ -22,19 +20,7 @@ TEACHER = "runs/trigflow_digits"
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "trigflow_digits", arg)  # same data and network
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="sct",
-            sigma_d=0.5,
-            p_mean=-1.0,
-            p_std=1.4,
-            tangent_warmup=200,
-            tangent_norm=True,
-            tangent_norm_c=0.1,
-            adaptive_weighting=True,
-            t_mid=1.1,
-        )
-    )
+    c.method = config_lib.scm_method("sct", tangent_warmup=200)  # H scaled to the short run
     c.optim.name = "radam"
     c.optim.lr = 2e-4
     c.optim.b2 = 0.99

@@ -116,6 +116,24 @@ def toy_mlp(**overrides: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(cfg)
 
 
+def scm_method(name: str = "sct", **overrides: Any) -> ml_collections.ConfigDict:
+    """sCM consistency-tuning settings of App. G (CIFAR-10): sigma_d 0.5, P(-1.0, 1.4),
+    tangent warmup H = 10k, normalization c = 0.1, adaptive weighting, t_mid = 1.1."""
+    cfg = dict(
+        name=name,
+        sigma_d=0.5,
+        p_mean=-1.0,
+        p_std=1.4,
+        tangent_warmup=10_000,
+        tangent_norm=True,
+        tangent_norm_c=0.1,
+        adaptive_weighting=True,
+        t_mid=1.1,
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
 def toy_data(distribution: str = "checkerboard") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(name="toy2d", distribution=distribution))
 

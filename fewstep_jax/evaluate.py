@@ -79,6 +79,31 @@ def generate(
     return np.concatenate(out)
 
 
+def generate_steps(
+    sample_fns: SampleFns,
+    net_params: Any,
+    rng: jax.Array,
+    num_steps: int,
+    ev: EvalConfig,
+    *,
+    n: int,
+    labels: np.ndarray | None,
+    batch_size: int,
+) -> np.ndarray:
+    """n samples with `num_steps` steps of the configured sampler and guidance (key fold_in(rng, steps))."""
+    return generate(
+        sample_fns,
+        net_params,
+        jax.random.fold_in(rng, num_steps),
+        n=n,
+        labels=labels,
+        num_steps=num_steps,
+        sampler=ev.sampler,
+        guidance=ev.guidance,
+        batch_size=batch_size,
+    )
+
+
 # ---------------------------------------------------------------------------
 # Pictures
 
@@ -174,16 +199,8 @@ def evaluate_steps(
     labels = eval_labels(method.info.num_classes, n)
     rows = []
     for k in steps:
-        samples = generate(
-            sample_fns,
-            net_params,
-            jax.random.fold_in(rng, k),
-            n=n,
-            labels=labels,
-            num_steps=k,
-            sampler=ev.sampler,
-            guidance=ev.guidance,
-            batch_size=min(ev.batch_size, n),
+        samples = generate_steps(
+            sample_fns, net_params, rng, k, ev, n=n, labels=labels, batch_size=min(ev.batch_size, n)
         )
         metrics = evaluator.evaluate(samples, labels)
         row = {"steps": int(k), "nfe": method.nfe(k, ev.sampler), **{m: float(v) for m, v in metrics.items()}}

@@ -327,17 +327,7 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
     net_params = exp.sampling_params(state)
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), step)
     for k in ev.nfes:
-        x = eval_lib.generate(
-            sample_fns,
-            net_params,
-            jax.random.fold_in(rng, k),
-            n=n,
-            labels=labels,
-            num_steps=k,
-            sampler=ev.sampler,
-            guidance=ev.guidance,
-            batch_size=min(n, 2000),
-        )
+        x = eval_lib.generate_steps(sample_fns, net_params, rng, k, ev, n=n, labels=labels, batch_size=min(n, 2000))
         if not exp.is_main:
             continue
         nfe = exp.method.nfe(k, ev.sampler)

@@ -64,8 +64,31 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors for bad config files and overrides.
+
+    A misspelt override such as --config.optim.lrr=1 fails here, before JAX starts,
+    with ml_collections' suggestion ("Did you mean 'lr'?").
+    """
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if "Traceback (most recent call last):" in lines:  # raised inside the config file
+            lines = [lines[0], lines[-1]]
+        print("error: " + " ".join(lines) + "\nPass --help to see the flags.", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        inner = e.args[0] if e.args else e  # ml_collections wraps a KeyError in an AttributeError
+        if isinstance(inner, BaseException) and inner.args:
+            inner = inner.args[0]
+        message = " ".join(str(inner).split())
+        print(f"error: bad --config.* override: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fewstep_jax.models.dit import DIT_SIZES, DiT
 from fewstep_jax.models.mlp import MLP
 from fewstep_jax.models.unet import EMB_NORMS, UNet, visited_resolutions
 
-__all__ = ["REGISTRY", "build", "count_params", "MLP", "UNet"]
+__all__ = ["REGISTRY", "build", "count_params", "DiT", "DIT_SIZES", "MLP", "UNet"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -131,6 +132,55 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     )
 
 
+def _make_dit(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """DiT (Peebles & Xie 2023). `size` (one of DIT_SIZES) fills hidden / depth / num_heads that
+    are left at None; explicitly given values win."""
+    if len(data_shape) != 3:
+        raise ValueError(f"dit needs a 3-D data_shape (H, W, C), got {data_shape}")
+    size = cfg["size"]
+    if size is not None:
+        if size not in DIT_SIZES:
+            raise ValueError(f"model.size must be one of {list(DIT_SIZES)} (DiT Table 1), got {size!r}")
+        cfg = dict(cfg)
+        for key, value in zip(("hidden", "depth", "num_heads"), DIT_SIZES[size]):
+            if cfg[key] is None:
+                cfg[key] = value
+    missing = [key for key in ("hidden", "depth", "num_heads") if cfg[key] is None]
+    if missing:
+        raise ValueError(
+            f"dit needs model.size (one of {list(DIT_SIZES)}) or explicit values for {missing}"
+        )
+    hidden = _positive_int(cfg, "hidden")
+    num_heads = _positive_int(cfg, "num_heads")
+    patch = _positive_int(cfg, "patch")
+    if hidden % num_heads:
+        raise ValueError(f"model.num_heads={num_heads} does not divide model.hidden={hidden}")
+    if hidden % 4:
+        raise ValueError(
+            f"model.hidden must be divisible by 4 (2-D sin-cos positional embedding), got {hidden}"
+        )
+    height, width, _ = data_shape
+    if height % patch or width % patch:
+        raise ValueError(
+            f"dit needs H and W divisible by model.patch={patch}; got data_shape {data_shape}"
+        )
+    mlp_ratio = float(cfg["mlp_ratio"])
+    if int(hidden * mlp_ratio) < 1:
+        raise ValueError(f"model.mlp_ratio must give an MLP width >= 1, got {mlp_ratio}")
+    return DiT(
+        hidden=hidden,
+        depth=_positive_int(cfg, "depth"),
+        num_heads=num_heads,
+        patch=patch,
+        mlp_ratio=mlp_ratio,
+        dropout=_dropout(cfg),
+        time_scale=float(cfg["time_scale"]),
+        use_d=bool(cfg["use_d"]),
+        num_classes=num_classes,
+        dtype=_dtype(cfg),
+    )
+
+
 REGISTRY: dict[str, NetworkSpec] = {
     "mlp": NetworkSpec(
         defaults=dict(
@@ -147,11 +197,18 @@ REGISTRY: dict[str, NetworkSpec] = {
         ),
         make=_make_unet,
     ),
+    "dit": NetworkSpec(
+        defaults=dict(
+            name="dit", size=None, hidden=None, depth=None, num_heads=None, patch=2, mlp_ratio=4.0,
+            dropout=0.0, time_scale=1.0, use_d=False, dtype="float32",
+        ),
+        make=_make_dit,
+    ),
 }
 
 
 #: Networks named by paper configs that this version does not have yet.
-PLANNED_NETWORKS = {"edm2": "EDM2 magnitude-preserving UNet, Karras et al. 2024", "dit": "DiT, Peebles & Xie 2023"}
+PLANNED_NETWORKS = {"edm2": "EDM2 magnitude-preserving UNet, Karras et al. 2024"}
 
 
 def build(model_cfg: Any, *, data_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -1,0 +1,205 @@
+"""Shortcut models (Frans, Hafner, Levine, Abbeel 2024, "One Step Diffusion via Shortcut Models").
+
+Time convention (as the paper and its official code): t in [0, 1], t = 0 noise, t = 1 data,
+  x_t = (1 - (1 - eps) t) x0 + t x1,  x0 ~ N(0, I) noise, x1 data, eps = 1e-5,
+  flow target v = x1 - (1 - eps) x0.
+One network s(x_t, t, k) predicts the velocity for a step of size dt = 2^-k; the level k enters
+through the network's `d` input (its own sinusoidal embedding), t enters raw.
+
+Training batch = flow rows + bootstrap rows, on disjoint images with independent keys:
+- flow rows (sec. 3): t on the grid i / M, target v, at the finest level k = log2(M)
+  (the code's choice; the paper writes d = 0); labels dropped to the null class with
+  probability `label_dropout` (for CFG).
+- bootstrap rows (sec. 3, eq. 5): levels k = log2(M) - 1, ..., 0 spread evenly over the rows
+  (leftover rows get k = 0, dt = 1), t on the grid of multiples of dt, and the
+  self-consistency target from two half steps of the EMA network at level k + 1:
+      v1 = s(x_t, t, k+1); x_mid = clip(x_t + dt/2 v1, -4, 4); v2 = s(x_mid, t + dt/2, k+1)
+      target = SG(clip((v1 + v2) / 2, -4, 4))          (clipping as in the official code)
+  built for all levels in ONE batched network call per half step (no Python loop over levels).
+  With CFG (w != 1), only the half steps at the flow level (k + 1 = log2(M)) are guided,
+  v = v_u + w (v_c - v_u); coarser levels inherit guidance through the recursion.
+Loss: per-sample mean squared error, averaged over all rows (flow and bootstrap alike).
+Sampling with N in {1, 2, 4, ..., M} steps: x ~ N(0, I), x <- x + s(x, i/N, log2 N) / N; CFG
+only at N = M (the flow level), where the model was trained with unguided targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fewstep_jax.methods.base import Method, bcast, per_example_mean, register
+
+EPS = 1e-5
+
+
+@register("shortcut")
+class Shortcut(Method):
+    time_convention = "shortcut t in [0, 1]; t = 0 noise, t = 1 data"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        num_steps_max: int = 128  # M: the finest step is 1/M
+        bootstrap_every: int = 4  # 1/4 of the batch bootstraps (paper); the code's default is 8
+        label_dropout: float = 0.1  # flow rows only
+        cfg_scale: float = 1.0  # guidance baked into the finest bootstrap level (ImageNet: 1.5)
+        target_clip: float = 4.0  # the official code's clipping of x_mid and the target
+
+    def check(self) -> None:
+        c = self.cfg
+        if c.num_steps_max < 2 or c.num_steps_max & (c.num_steps_max - 1):
+            raise ValueError(f"shortcut: num_steps_max must be a power of two >= 2, got {c.num_steps_max}")
+        if c.bootstrap_every < 2:
+            raise ValueError(f"shortcut: bootstrap_every must be >= 2, got {c.bootstrap_every}")
+        if not 0.0 <= c.label_dropout < 1.0:
+            raise ValueError(f"shortcut: label_dropout must be in [0, 1), got {c.label_dropout}")
+        if c.cfg_scale != 1.0 and not self.conditional:
+            raise ValueError("shortcut: cfg_scale != 1 needs class-conditional data")
+        if not getattr(self.net, "use_d", False):
+            raise ValueError("shortcut: the network must take the step-size level: set model.use_d=True")
+
+    @property
+    def finest_level(self) -> int:
+        return int(math.log2(self.cfg.num_steps_max))
+
+    @property
+    def supported_steps(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(2**i for i in range(self.finest_level + 1))
+
+    @property
+    def default_steps(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.supported_steps
+
+    # -- training targets ----------------------------------------------------
+    def bootstrap_levels(self, num_rows: int) -> np.ndarray:
+        """Levels k of the bootstrap rows: finest_level - 1 .. 0 evenly, leftovers at k = 0. int32 [R]."""
+        n_levels = self.finest_level
+        per_level = num_rows // n_levels
+        if per_level == 0:
+            raise ValueError(
+                f"shortcut: {num_rows} bootstrap rows cannot cover the {n_levels} step-size levels; use a batch of "
+                f"at least {n_levels * self.cfg.bootstrap_every} (bootstrap_every={self.cfg.bootstrap_every})"
+            )
+        levels = np.repeat(np.arange(n_levels - 1, -1, -1), per_level)
+        return np.concatenate([levels, np.zeros(num_rows - len(levels), np.int64)]).astype(np.int32)
+
+    def split_rows(self, batch_size: int) -> tuple[int, int]:
+        """(bootstrap rows, flow rows) of a batch."""
+        n_boot = batch_size // self.cfg.bootstrap_every
+        return n_boot, batch_size - n_boot
+
+    def velocity(self, net_params, x, t, k, y, guidance_mask=None):
+        """s(x, t, k) (eval mode); with guidance_mask, rows where it is True get CFG (cfg_scale)."""
+        d = k.astype(jnp.float32)
+        if guidance_mask is None or self.cfg.cfg_scale == 1.0 or not self.conditional:
+            return self.apply_net(net_params, x, t, y, d)
+        n = x.shape[0]
+        both = self.apply_net(
+            net_params,
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([y, self.null_labels(n)]),
+            jnp.concatenate([d, d]),
+        )
+        cond, uncond = both[:n], both[n:]
+        guided = uncond + self.cfg.cfg_scale * (cond - uncond)
+        return jnp.where(bcast(guidance_mask, x), guided, cond)
+
+    def bootstrap_targets(self, ema_net, x_t, t, k, y):
+        """Self-consistency targets (shortcut eq. 5) for rows at levels k, all levels in one call per half step.
+
+        x_t [R, ...], t [R], k int32 [R] (dt = 2^-k). Returns SG(clip((v1 + v2) / 2)).
+        """
+        clip = self.cfg.target_clip
+        half = jnp.exp2(-(k + 1).astype(jnp.float32))  # dt / 2
+        k_half = k + 1
+        guide = k_half == self.finest_level  # CFG only where the half steps are flow-level calls
+        v1 = self.velocity(ema_net, x_t, t, k_half, y, guide)
+        x_mid = jnp.clip(x_t + bcast(half, x_t) * v1, -clip, clip)
+        v2 = self.velocity(ema_net, x_mid, t + half, k_half, y, guide)
+        return jax.lax.stop_gradient(jnp.clip((v1 + v2) / 2, -clip, clip))
+
+    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+        """Flow-matching rows + bootstrap rows (shortcut sec. 3, Alg. 1)."""
+        del step, frozen
+        x1, y = batch["x"], batch.get("y")
+        n = x1.shape[0]
+        n_boot, n_flow = self.split_rows(n)
+        levels = jnp.asarray(self.bootstrap_levels(n_boot))
+        k_flow, k_boot = jax.random.split(rng)  # independent streams for the two parts
+
+        # Flow rows: the images after the bootstrap ones (disjoint).
+        kf_t, kf_z, kf_lab, kf_drop = jax.random.split(k_flow, 4)
+        x1_f, y_f = x1[n_boot:], None if y is None else y[n_boot:]
+        m = self.cfg.num_steps_max
+        t_f = jax.random.randint(kf_t, (n_flow,), 0, m).astype(jnp.float32) / m
+        z_f = jax.random.normal(kf_z, x1_f.shape, x1_f.dtype)
+        tb = bcast(t_f, x1_f)
+        xt_f = (1 - (1 - EPS) * tb) * z_f + tb * x1_f
+        v_f = x1_f - (1 - EPS) * z_f
+        if y_f is not None:
+            y_f = self.drop_labels(y_f, kf_lab, self.cfg.label_dropout)
+        k_f = jnp.full((n_flow,), self.finest_level, jnp.int32)
+
+        # Bootstrap rows: the first n_boot images, targets from the EMA network.
+        kb_t, kb_z = jax.random.split(k_boot)
+        x1_b, y_b = x1[:n_boot], None if y is None else y[:n_boot]
+        grid = jnp.exp2(levels.astype(jnp.float32))  # 2^k steps of size dt = 2^-k
+        t_b = jnp.floor(jax.random.uniform(kb_t, (n_boot,)) * grid) / grid
+        z_b = jax.random.normal(kb_z, x1_b.shape, x1_b.dtype)
+        tb = bcast(t_b, x1_b)
+        xt_b = (1 - (1 - EPS) * tb) * z_b + tb * x1_b
+        target_b = self.bootstrap_targets(ema_params["net"], xt_b, t_b, levels, y_b)
+
+        x_all = jnp.concatenate([xt_b, xt_f])
+        t_all = jnp.concatenate([t_b, t_f])
+        k_all = jnp.concatenate([levels, k_f]).astype(jnp.float32)
+        y_all = None if y is None else jnp.concatenate([y_b, y_f])
+        target = jnp.concatenate([target_b, v_f])
+        pred = self.apply_net(params["net"], x_all, t_all, y_all, k_all, train=True, dropout_rng=kf_drop)
+        err = per_example_mean((pred - target) ** 2)
+        return jnp.mean(err), {
+            "flow_mse": jnp.mean(err[n_boot:]),
+            "bootstrap_mse": jnp.mean(err[:n_boot]),
+        }
+
+    # -- sampling ----------------------------------------------------------
+    def nfe(self, num_steps, sampler):
+        self.check_sampler(sampler)
+        return num_steps
+
+    def check_sampler(self, sampler: str) -> None:
+        if sampler != "euler":
+            raise ValueError(f"shortcut samples with 'euler' steps of its own step size only, got {sampler!r}")
+
+    def check_steps(self, num_steps: int) -> None:
+        if num_steps not in self.supported_steps:
+            raise ValueError(
+                f"shortcut samples with a power-of-two number of steps up to {self.cfg.num_steps_max}: "
+                f"{self.supported_steps}; got {num_steps}"
+            )
+
+    def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
+        """x ~ N(0, I); x <- x + s(x, i/N, log2 N) / N for i < N (shortcut sec. 3.2)."""
+        self.check_steps(num_steps)
+        self.check_sampler(sampler)
+        if guidance != 1.0 and num_steps != self.cfg.num_steps_max:
+            raise ValueError(
+                f"shortcut: guidance applies only at the flow level ({self.cfg.num_steps_max} steps); coarser levels "
+                "have guidance baked in by training (method.cfg_scale)"
+            )
+        y = self.sample_labels(num_samples, labels)
+        x = jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
+        level = jnp.full((num_samples,), math.log2(num_steps), jnp.float32)
+        dt = 1.0 / num_steps
+
+        def step(i, x):
+            t = jnp.full((num_samples,), i * dt, jnp.float32)
+            v = self.guided(params["net"], x, t, y, guidance, d=level)
+            return x + dt * v
+
+        return jax.lax.fori_loop(0, num_steps, step, x)

@@ -55,9 +55,9 @@ def main(argv: list[str]) -> int:
             if "steps_per_sec" in summary:
                 logging.info("throughput: %.2f steps/s", summary["steps_per_sec"])
         elif FLAGS.mode == "sample":
-            train.sample_mode(config, FLAGS.workdir)
+            train.sample_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
         else:
-            print(train.eval_mode(config, FLAGS.workdir))
+            print(train.eval_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change))
     except (ValueError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

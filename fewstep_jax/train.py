@@ -476,21 +476,23 @@ def train_and_evaluate(
     return summary
 
 
-def load_for_inference(config: ml_collections.ConfigDict, workdir: str) -> tuple[Experiment, Any, int]:
+def load_for_inference(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> tuple[Experiment, Any, int]:
     exp = setup(config, workdir)
     step = exp.checkpointer.latest_step()
     if step is None:
         raise ckpt_lib.CheckpointError(
             f"no checkpoint in {exp.checkpointer.directory}; train first with --mode=train --workdir={workdir}"
         )
-    exp.checkpointer.check_compatible(step, config, allow_change=False)
+    exp.checkpointer.check_compatible(step, config, allow_change=allow_config_change)
     state, _ = exp.checkpointer.restore(step, exp.abstract_state)
     return exp, state, step
 
 
-def sample_mode(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def sample_mode(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> list[str]:
     """Write sample grids for every eval.nfes step count from the latest checkpoint."""
-    exp, state, step = load_for_inference(config, workdir)
+    exp, state, step = load_for_inference(config, workdir, allow_config_change=allow_config_change)
     write_samples(exp, eval_lib.SampleFns(exp.method), state, step, tag=f"final{step:07d}")
     exp.checkpointer.close()
     out = os.path.join(workdir, "samples")
@@ -498,9 +500,9 @@ def sample_mode(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     return sorted(os.listdir(out))
 
 
-def eval_mode(config: ml_collections.ConfigDict, workdir: str) -> str:
+def eval_mode(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> str:
     """Metrics at every eval.nfes step count, with the real-data floor; table + plot."""
-    exp, state, step = load_for_inference(config, workdir)
+    exp, state, step = load_for_inference(config, workdir, allow_config_change=allow_config_change)
     evaluator = metrics_lib.build_evaluator(config.data)
     floor = evaluator.floor()
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 20_000_000 + step)

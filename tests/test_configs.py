@@ -61,3 +61,21 @@ def test_scm_paper_values():
         assert s.model.dropout == 0.45 and s.train.num_steps == 400_000
         d = load_config("scm_scd_imagenet64", size)
         assert d.model.dropout == 0.0 and d.method.teacher == f"runs/trigflow_imagenet64_{size}"
+
+
+def test_shortcut_paper_values():
+    """Frans et al. 2024 and the official code, as summarized in the method notes."""
+    celeba = load_config("shortcut_celebahq256", None)
+    assert (celeba.model.name, celeba.model.size, celeba.model.patch) == ("dit", "B", 2)
+    assert (celeba.optim.name, celeba.optim.lr, celeba.optim.weight_decay, celeba.optim.grad_clip) == (
+        "adamw",
+        1e-4,
+        0.1,
+        0.0,
+    )
+    assert (celeba.train.batch_size, celeba.train.num_steps, celeba.train.ema_decays) == (64, 410_000, (0.999,))
+    assert (celeba.method.bootstrap_every, celeba.method.num_steps_max, celeba.method.cfg_scale) == (4, 128, 1.0)
+    for variant, size in ((None, "B"), ("b", "B"), ("xl", "XL")):
+        inet = load_config("shortcut_imagenet256", variant)
+        assert inet.model.size == size and (inet.train.batch_size, inet.train.num_steps) == (256, 810_000)
+        assert (inet.method.cfg_scale, inet.method.label_dropout, inet.data.conditional) == (1.5, 0.1, True)

@@ -88,8 +88,9 @@ def test_param_count_matches_published_size(size, published, hidden, depth, exac
     assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(shapes))
     assert shapes["cond"]["label"]["embedding"].shape == (1001, hidden)  # NULL row
     assert len([k for k in shapes if k.startswith("block_")]) == depth
-    # The 2-D sin-cos positional embedding is fixed: no parameter holds a [tokens, hidden] table.
-    assert not any(s.shape == (256, hidden) for s in jax.tree.leaves(shapes))
+    # The 2-D sin-cos positional embedding is fixed (a constant, not a parameter).
+    blocks = {f"block_{i}" for i in range(depth)}
+    assert set(shapes) == {"cond", "patch_embed", "final_adaLN_modulation", "final_linear"} | blocks
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +105,10 @@ class CondDiT:
         self.net = _build(DIT_TINY, data_shape, num_classes=NUM_CLASSES, use_d=True, dropout=0.3)
         x, t = _inputs(data_shape, 3, 0)
         self.fresh = _jit(self.net.init)(_key(0), x, t)["params"]
-        self.params = _perturb(self.fresh, seed=1)
+        # 0.1, not 0.2: the perturbed adaLN modulations act on a label embedding of unit scale, and
+        # at 0.2 the net is so curved (outputs ~20) that the float64 central difference itself is
+        # off by ~1e-6 (error scaling as eps^2); at 0.1 it is ~1e-10 with the same eps.
+        self.params = _perturb(self.fresh, seed=1, scale=0.1)
         self._apply = _jit(self.net.apply, static_argnames="train")
 
     def __call__(self, x, t, y, d, *, train=False, seed=0, params=None):
@@ -179,9 +183,13 @@ def test_batch_independence(cond_dit):
     d = jnp.array([0.0, 0.1, 0.2])
     full = cond_dit(x, t, y, d)
     others = cond_dit(x.at[1:].multiply(10.0), t.at[1:].set(0.01), y.at[1:].set(NUM_CLASSES), d)
-    np.testing.assert_allclose(others[0], full[0], rtol=1e-5, atol=1e-6)
+    # Tolerance: float32 roundoff relative to the output scale (a batch of 3 and a batch of 1 are
+    # different XLA programs; measured ~5e-7 of the scale on CPU); a real cross-example dependency
+    # would be of the output's own size.
+    atol = 1e-5 * float(jnp.abs(full).max())
+    np.testing.assert_allclose(others[0], full[0], rtol=1e-5, atol=atol)
     single = _jit(cond_dit.net.apply)({"params": cond_dit.params}, x[1:2], t[1:2], y[1:2], d[1:2])
-    np.testing.assert_allclose(full[1:2], single, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full[1:2], single, rtol=1e-5, atol=atol)
 
 
 def test_grad_reaches_every_parameter(cond_dit):
@@ -255,8 +263,6 @@ def test_bfloat16_compute_returns_float32():
 def test_jvp_matches_central_difference_float64(cond_dit):
     """jax.jvp w.r.t. (x, t) through attention, LayerNorm and adaLN equals a float64 central
     difference (relative L2 error < 1e-6)."""
-    if cond_dit.data_shape != (8, 8, 1):
-        pytest.skip("one shape is enough; the other only adds compile time")
     data_shape = cond_dit.data_shape
     with jax.enable_x64(True):
         net = _build(DIT_TINY, data_shape, num_classes=NUM_CLASSES, use_d=True, dtype="float64")
@@ -284,6 +290,7 @@ def test_jvp_matches_central_difference_float64(cond_dit):
         norm = float(jnp.linalg.norm(tangent))
         assert norm > 0
         rel = float(jnp.linalg.norm(tangent - fd)) / norm
+        print(f"jvp vs central difference, {data_shape}: relative error {rel:.2e}")
         assert rel < 1e-6, rel
 
 
@@ -304,7 +311,7 @@ def test_size_fills_only_missing_fields():
     [
         (dict(DIT_TINY, hiden=64), (8, 8, 1), r"unknown key\(s\) \['hiden'\].*'hidden'"),
         (dict(DIT_TINY, patch=3), (8, 8, 1), r"divisible by model.patch=3"),
-        (dict(DIT_TINY), (8, 10, 1), r"divisible by model.patch=2"),
+        (dict(DIT_TINY), (8, 9, 1), r"divisible by model.patch=2"),
         (dict(DIT_TINY, num_heads=5), (8, 8, 1), r"num_heads=5 does not divide model.hidden=64"),
         (dict(name="dit", size="M"), (8, 8, 1), r"model.size must be one of \['S', 'B', 'L', 'XL'\]"),
         (dict(name="dit", hidden=64), (8, 8, 1), r"model.size .* or explicit values for \['depth', 'num_heads'\]"),

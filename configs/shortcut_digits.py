@@ -2,8 +2,11 @@
 configs/flow_digits.py: the network also takes the step-size level (model.use_d).
 
 Paper settings kept: 1/4 of each batch bootstraps, M = 128 smallest steps, targets from
-the EMA network (the first EMA, 0.995 here for the short run; the paper's 0.999 at 400k+
-steps), label dropout 0.1 on flow rows, no baked-in guidance (cfg_scale = 1).
+the EMA network, label dropout 0.1 on flow rows, no baked-in guidance (cfg_scale = 1).
+The EMA decay is 0.99 instead of the paper's 0.999 (at 400k+ steps). Each step-size level
+learns from EMA targets of the next finer one, so the lag compounds over the 7 levels; at
+0.995 (the flow baseline's EMA) the coarse levels had not caught up after 1,200 steps
+(1-step fd 589 while 128 steps reached 2.35).
 
   python -m fewstep_jax.main --config=configs/shortcut_digits.py --workdir=runs/shortcut_digits
   python -m fewstep_jax.main --config=configs/shortcut_digits.py --workdir=runs/shortcut_digits \
@@ -24,6 +27,7 @@ def get_config(arg: str | None = None):
     c.method = ml_collections.ConfigDict(
         dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.1, cfg_scale=1.0)
     )
+    c.train.ema_decays = (0.99,)
     c.eval.nfes = (1, 2, 4, 8, 128)
     if variant == "smoke":
         c.eval.nfes = (1, 2)

@@ -1,7 +1,9 @@
 """Cost of one training step per method, relative to a reference method.
 
 Every config is run with the same network and global batch (the reference
-config's `model` and `train.batch_size` are imposed on the others). For each,
+config's `model` and `train.batch_size` are imposed on the others; a method
+that needs the second conditioning input, e.g. shortcut's step-size level,
+keeps model.use_d). For each,
 the jitted train step is compiled, warmed up, then timed over repeated steps
 with block_until_ready; the median is reported with the ratio to the reference.
 
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import ml_collections
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +95,10 @@ def main(argv):
     teacher = FLAGS.teacher
     for name in names:
         config = load(name)
-        config.model = reference.model
+        use_d = config.model.get("use_d", False)  # the method's own second conditioning input
+        config.model = ml_collections.ConfigDict(reference.model.to_dict())
+        if use_d:
+            config.model.use_d = True
         config.train.batch_size = reference.train.batch_size
         config.train.init_from = ""
         if config.method.name == "scd":

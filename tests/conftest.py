@@ -12,7 +12,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
-# The digits classifier cache of the metrics lives in a per-session directory,
+# The digits classifier cache of the metrics lives in a per-test-run directory,
 # so tests never read or write the user's cache.
 os.environ.setdefault("FEWSTEP_CACHE", tempfile.mkdtemp(prefix="fewstep_test_cache_"))
 

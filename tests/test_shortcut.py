@@ -163,3 +163,32 @@ def test_config_errors():
         build(LinearVelocity(), num_steps_max=100)
     with pytest.raises(ValueError, match="cfg_scale != 1 needs class-conditional data"):
         build(LinearVelocity(), cfg_scale=1.5)
+
+
+@pytest.mark.parametrize(
+    "cfg,n,expected_d",
+    [
+        (dict(), 4, 2.0),  # the code: the level k = log2 N
+        (dict(d_input="step_size"), 4, 0.25),  # the paper's notation: the step size
+        (dict(d_input="step_size"), 128, 1 / 128),
+        (dict(d_input="step_size", flow_level_d="zero"), 128, 0.0),  # the paper's d = 0 flow level
+        (dict(d_input="step_size", flow_level_d="zero"), 64, 1 / 64),
+    ],
+)
+def test_paper_or_code_step_size_input(cfg, n, expected_d):
+    log = CallLog()
+    method = build(Recorder(log=log), **cfg)
+    with jax.disable_jit():
+        method.sample({"net": {}}, jax.random.key(0), num_samples=2, num_steps=n)
+    assert [d for _, d in log.calls] == pytest.approx([expected_d] * n)
+
+
+def test_zero_flow_level_reaches_the_finest_half_steps_and_flow_rows():
+    log = CallLog()
+    method = build(Recorder(log=log), d_input="step_size", flow_level_d="zero")
+    with jax.disable_jit():
+        method.bootstrap_targets({}, jnp.zeros((2, 3)), jnp.zeros(2), jnp.array([6, 6]), None)
+        method.bootstrap_targets({}, jnp.zeros((2, 3)), jnp.zeros(2), jnp.array([5, 5]), None)
+    assert [d for _, d in log.calls] == [0.0, 0.0, 1 / 64, 1 / 64]  # two half steps each
+    with pytest.raises(ValueError, match="needs d_input='step_size'"):
+        build(LinearVelocity(), flow_level_d="zero")

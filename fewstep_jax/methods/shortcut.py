@@ -3,8 +3,11 @@
 Time convention (as the paper and its official code): t in [0, 1], t = 0 noise, t = 1 data,
   x_t = (1 - (1 - eps) t) x0 + t x1,  x0 ~ N(0, I) noise, x1 data, eps = 1e-5,
   flow target v = x1 - (1 - eps) x0.
-One network s(x_t, t, k) predicts the velocity for a step of size dt = 2^-k; the level k enters
-through the network's `d` input (its own sinusoidal embedding), t enters raw.
+One network s(x_t, t, k) predicts the velocity for a step of size dt = 2^-k; the step size enters
+through the network's `d` input (its own sinusoidal embedding), t enters raw. Where paper and
+code differ, the config selects: `d_input='level'` feeds k = log2(1/dt) (official code) or
+'step_size' feeds dt (paper's notation), and `flow_level_d='finest'` conditions the flow level
+on dt = 1/M (code) or 'zero' on d = 0 (paper; needs d_input='step_size').
 
 Training batch = flow rows + bootstrap rows, on disjoint images with independent keys:
 - flow rows (sec. 3): t on the grid i / M, target v, at the finest level k = log2(M)
@@ -48,6 +51,8 @@ class Shortcut(Method):
         label_dropout: float = 0.1  # flow rows only
         cfg_scale: float = 1.0  # guidance baked into the finest bootstrap level (ImageNet: 1.5)
         target_clip: float = 4.0  # the official code's clipping of x_mid and the target
+        d_input: str = "level"  # 'level' (k = log2 1/dt, code) or 'step_size' (dt, paper)
+        flow_level_d: str = "finest"  # flow level conditioned on dt = 1/M (code) or 'zero' (paper)
 
     def check(self) -> None:
         c = self.cfg
@@ -59,6 +64,12 @@ class Shortcut(Method):
             raise ValueError(f"shortcut: label_dropout must be in [0, 1), got {c.label_dropout}")
         if c.cfg_scale != 1.0 and not self.conditional:
             raise ValueError("shortcut: cfg_scale != 1 needs class-conditional data")
+        if c.d_input not in ("level", "step_size"):
+            raise ValueError(f"shortcut: d_input must be 'level' or 'step_size', got {c.d_input!r}")
+        if c.flow_level_d not in ("finest", "zero"):
+            raise ValueError(f"shortcut: flow_level_d must be 'finest' or 'zero', got {c.flow_level_d!r}")
+        if c.flow_level_d == "zero" and c.d_input != "step_size":
+            raise ValueError("shortcut: flow_level_d='zero' (the paper's d = 0) needs d_input='step_size'")
         if not getattr(self.net, "use_d", False):
             raise ValueError("shortcut: the network must take the step-size level: set model.use_d=True")
 
@@ -92,9 +103,19 @@ class Shortcut(Method):
         n_boot = batch_size // self.cfg.bootstrap_every
         return n_boot, batch_size - n_boot
 
+    def d_value(self, k: jax.Array) -> jax.Array:
+        """The network's `d` input for level k (dt = 2^-k): k, dt, or 0 at the flow level."""
+        k = jnp.asarray(k, jnp.float32)
+        if self.cfg.d_input == "level":
+            return k
+        dt = jnp.exp2(-k)
+        if self.cfg.flow_level_d == "zero":
+            dt = jnp.where(k == self.finest_level, 0.0, dt)
+        return dt
+
     def velocity(self, net_params, x, t, k, y, guidance_mask=None):
         """s(x, t, k) (eval mode); with guidance_mask, rows where it is True get CFG (cfg_scale)."""
-        d = k.astype(jnp.float32)
+        d = self.d_value(k)
         if guidance_mask is None or self.cfg.cfg_scale == 1.0 or not self.conditional:
             return self.apply_net(net_params, x, t, y, d)
         n = x.shape[0]
@@ -157,10 +178,10 @@ class Shortcut(Method):
 
         x_all = jnp.concatenate([xt_b, xt_f])
         t_all = jnp.concatenate([t_b, t_f])
-        k_all = jnp.concatenate([levels, k_f]).astype(jnp.float32)
+        d_all = self.d_value(jnp.concatenate([levels, k_f]))
         y_all = None if y is None else jnp.concatenate([y_b, y_f])
         target = jnp.concatenate([target_b, v_f])
-        pred = self.apply_net(params["net"], x_all, t_all, y_all, k_all, train=True, dropout_rng=kf_drop)
+        pred = self.apply_net(params["net"], x_all, t_all, y_all, d_all, train=True, dropout_rng=kf_drop)
         err = per_example_mean((pred - target) ** 2)
         return jnp.mean(err), {
             "flow_mse": jnp.mean(err[n_boot:]),
@@ -194,12 +215,12 @@ class Shortcut(Method):
             )
         y = self.sample_labels(num_samples, labels)
         x = jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
-        level = jnp.full((num_samples,), math.log2(num_steps), jnp.float32)
+        d = self.d_value(jnp.full((num_samples,), math.log2(num_steps), jnp.float32))
         dt = 1.0 / num_steps
 
         def step(i, x):
             t = jnp.full((num_samples,), i * dt, jnp.float32)
-            v = self.guided(params["net"], x, t, y, guidance, d=level)
+            v = self.guided(params["net"], x, t, y, guidance, d=d)
             return x + dt * v
 
         return jax.lax.fori_loop(0, num_steps, step, x)

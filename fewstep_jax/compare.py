@@ -16,6 +16,8 @@ import os
 
 from absl import app, flags
 
+from fewstep_jax import evaluate
+
 flags.DEFINE_multi_string("run", [], "LABEL=PATH of a results.json written by --mode=eval.")
 flags.DEFINE_string("metric", "", "Metric to compare (default: the runs' primary metric).")
 flags.DEFINE_string("out", None, "Output path without extension (.png and .md are written).")
@@ -49,36 +51,18 @@ def table(runs: list[tuple[str, dict]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[tuple[str, dict]], metric: str, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
-    for label, res in runs:
-        rows = sorted(res["rows"], key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in rows], [r[metric] for r in rows], "o-", label=label)
-    floor = runs[0][1]["floor"].get(metric)
-    if floor is not None:
-        ax.axhline(floor, color="0.4", ls="--", label="real-data floor")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def main(argv):
     del argv
     runs = load_runs(FLAGS.run)
     metric = FLAGS.metric or runs[0][1]["primary"]
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    plot(runs, metric, FLAGS.out + ".png", FLAGS.title or f"{metric} vs NFE")
+    evaluate.plot_metric_vs_nfe(
+        [(label, res["rows"]) for label, res in runs],
+        metric,
+        runs[0][1]["floor"].get(metric),
+        FLAGS.out + ".png",
+        FLAGS.title or f"{metric} vs NFE",
+    )
     text = table(runs, metric)
     with open(FLAGS.out + ".md", "w") as f:
         f.write(text)

@@ -159,15 +159,19 @@ def save_samples_png(
     plt.close(fig)
 
 
-def plot_metric_vs_nfe(rows: list[dict], metric: str, floor: float | None, path: str, title: str) -> None:
+def plot_metric_vs_nfe(
+    series: list[tuple[str, list[dict]]], metric: str, floor: float | None, path: str, title: str
+) -> None:
+    """Metric vs NFE (log-log), one line per (label, rows) series, with the real-data floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    nfes = [r["nfe"] for r in rows]
-    ax.plot(nfes, [r[metric] for r in rows], "o-", label="model")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    for label, rows in series:
+        rows = sorted(rows, key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rows], [r[metric] for r in rows], "o-", label=label)
     if floor is not None:
         ax.axhline(floor, color="0.4", ls="--", label="real-data floor")
     ax.set_xscale("log", base=2)
@@ -175,7 +179,7 @@ def plot_metric_vs_nfe(rows: list[dict], metric: str, floor: float | None, path:
     ax.set_xlabel("NFE")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -230,5 +234,7 @@ def write_report(rows: list[dict], floor: dict, *, primary: str, out_dir: str, t
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)
     if rows:
-        plot_metric_vs_nfe(rows, primary, floor.get(primary), os.path.join(out_dir, "metric_vs_nfe.png"), title)
+        plot_metric_vs_nfe(
+            [("model", rows)], primary, floor.get(primary), os.path.join(out_dir, "metric_vs_nfe.png"), title
+        )
     return table

@@ -275,11 +275,11 @@ def test_scd_with_exact_teacher_has_zero_tangent():
             return method.tangent({}, x_t, t, dxdt, r=1.0, train=False)[1]
 
         exact = scd_with_teacher(ExactVelocity())
-        g = tangent_of(exact, exact.velocity(x0, z, t, None, frozen, jnp.ones(n)))
+        g = tangent_of(exact, exact.velocity(x0, z, x_t, t, None, frozen, jnp.ones(n)))
         assert float(jnp.max(jnp.abs(g))) < 1e-10
         # The test can fail: a wrong teacher, or sCT's one-sample velocity, give a non-zero tangent.
         wrong = scd_with_teacher(ExactVelocity(scale=1.3))
-        g_wrong = tangent_of(wrong, wrong.velocity(x0, z, t, None, frozen, jnp.ones(n)))
+        g_wrong = tangent_of(wrong, wrong.velocity(x0, z, x_t, t, None, frozen, jnp.ones(n)))
         assert float(jnp.mean(jnp.abs(g_wrong))) > 1e-2
         sct_velocity = jnp.cos(t)[:, None] * z - jnp.sin(t)[:, None] * x0
         assert float(jnp.mean(jnp.abs(tangent_of(exact, sct_velocity)))) > 1e-2

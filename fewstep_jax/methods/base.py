@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from functools import partial
 from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
@@ -173,6 +174,20 @@ class Method(abc.ABC):
             raise ValueError(f"labels must have shape ({num_samples},), got {labels.shape}")
         return labels
 
+    def cond_and_null(
+        self, apply: Callable, x: jax.Array, t: jax.Array, y: jax.Array, d: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(output for labels y, output for the null label) of ONE call apply(x, t, y, d) on the
+        doubled batch [x; x] with labels [y; null]: the two terms of classifier-free guidance."""
+        n = x.shape[0]
+        both = apply(
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([y, self.null_labels(n)]),
+            None if d is None else jnp.concatenate([d, d]),
+        )
+        return both[:n], both[n:]
+
     def guided(
         self,
         net_params: Params,
@@ -189,15 +204,7 @@ class Method(abc.ABC):
         """
         if not self.conditional or y is None or guidance == 1.0:
             return self.apply_net(net_params, x, t, y, d)
-        n = x.shape[0]
-        both = self.apply_net(
-            net_params,
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            jnp.concatenate([y, self.null_labels(n)]),
-            None if d is None else jnp.concatenate([d, d]),
-        )
-        cond, uncond = both[:n], both[n:]
+        cond, uncond = self.cond_and_null(partial(self.apply_net, net_params), x, t, y, d)
         return uncond + guidance * (cond - uncond)
 
 

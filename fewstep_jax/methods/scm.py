@@ -144,9 +144,9 @@ class SCT(Method):
         g = -cos2 * (sd * F_m - dxdt) - r * (bcast(cs, x_t) * x_t + sd * cs_dF)
         return F_m, jax.lax.stop_gradient(g)
 
-    def velocity(self, x0, z, t, y, frozen, guidance):
+    def velocity(self, x0, z, x_t, t, y, frozen, guidance):
         """dx_t/dt for the tangent: sCT uses the one-sample cos(t) z - sin(t) x0."""
-        del y, frozen, guidance
+        del x_t, y, frozen, guidance
         return bcast(jnp.cos(t), x0) * z - bcast(jnp.sin(t), x0) * x0
 
     def student_d(self, guidance):
@@ -167,7 +167,7 @@ class SCT(Method):
         if y is not None:
             y = self.drop_labels(y, k_lab, c.label_dropout)
         guidance = jax.random.uniform(k_s, (n,), minval=c.teacher_guidance_min, maxval=c.teacher_guidance_max)
-        dxdt = self.velocity(x0, z, t, y, frozen, guidance)
+        dxdt = self.velocity(x0, z, x_t, t, y, frozen, guidance)
         d = self.student_d(guidance)
         r = 1.0 if c.tangent_warmup == 0 else jnp.minimum(1.0, step.astype(jnp.float32) / c.tangent_warmup)
         F_m, g = self.tangent(params["net"], x_t, t, dxdt, y, d, r=r, train=True, dropout_rng=k_drop)
@@ -293,22 +293,21 @@ class SCD(SCT):
         """sigma_d F_teacher(x_t / sigma_d, t), guided per example when configured."""
         sd = self.cfg.sigma_d
 
-        def apply(x, tt, yy):
+        def apply(x, tt, yy, d=None):
+            del d  # the teacher takes no guidance input
             yy = yy if self.conditional else None
             return self.teacher_net.apply({"params": teacher_params}, x, tt, y=yy, train=False)
 
         u = x_t / sd
         if not self.guided_teacher or y is None:
             return sd * apply(u, t, y)
-        n = x_t.shape[0]
-        both = apply(jnp.concatenate([u, u]), jnp.concatenate([t, t]), jnp.concatenate([y, self.null_labels(n)]))
-        cond, uncond = both[:n], both[n:]
+        cond, uncond = self.cond_and_null(apply, u, t, y)
         return sd * (uncond + bcast(guidance, cond) * (cond - uncond))
 
-    def velocity(self, x0, z, t, y, frozen, guidance):
+    def velocity(self, x0, z, x_t, t, y, frozen, guidance):
+        del x0, z
         if frozen is None:
             raise ValueError("scd: the teacher parameters were not passed to the loss")
-        x_t = bcast(jnp.cos(t), x0) * x0 + bcast(jnp.sin(t), x0) * z
         return jax.lax.stop_gradient(self.teacher_velocity(frozen["teacher"], x_t, t, y, guidance))
 
     def student_d(self, guidance):

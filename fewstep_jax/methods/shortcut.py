@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -118,15 +119,7 @@ class Shortcut(Method):
         d = self.d_value(k)
         if guidance_mask is None or self.cfg.cfg_scale == 1.0 or not self.conditional:
             return self.apply_net(net_params, x, t, y, d)
-        n = x.shape[0]
-        both = self.apply_net(
-            net_params,
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            jnp.concatenate([y, self.null_labels(n)]),
-            jnp.concatenate([d, d]),
-        )
-        cond, uncond = both[:n], both[n:]
+        cond, uncond = self.cond_and_null(partial(self.apply_net, net_params), x, t, y, d)
         guided = uncond + self.cfg.cfg_scale * (cond - uncond)
         return jnp.where(bcast(guidance_mask, x), guided, cond)
 

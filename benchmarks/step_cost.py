@@ -101,7 +101,7 @@ def main(argv):
             config.model.use_d = True
         config.train.batch_size = reference.train.batch_size
         config.train.init_from = ""
-        if config.method.name == "scd":
+        if config.method.name == "scm_scd":
             teacher = teacher or make_teacher(reference)
             config.method.teacher = teacher
         result = time_method(config)

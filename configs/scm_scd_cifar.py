@@ -16,6 +16,6 @@ def get_config(arg: str | None = None):
     config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "scm_sct_cifar", arg)
     c.model.dropout = 0.0
-    c.method.name = "scd"
+    c.method.name = "scm_scd"
     c.method.teacher = "runs/trigflow_cifar"
     return c

@@ -16,7 +16,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "scm_sct_digits", arg)
-    c.method.name = "scd"
+    c.method.name = "scm_scd"
     c.method.teacher = "runs/trigflow_digits"
     c.model.dropout = 0.0
     if variant == "smoke":

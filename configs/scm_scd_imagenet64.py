@@ -18,6 +18,6 @@ def get_config(arg: str | None = None):
     config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
     c = config_lib.load_sibling(__file__, "scm_sct_imagenet64", arg)
     c.model.dropout = 0.0
-    c.method.name = "scd"
+    c.method.name = "scm_scd"
     c.method.teacher = c.train.init_from
     return c

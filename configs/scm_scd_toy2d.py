@@ -12,7 +12,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "scm_sct_toy2d", arg)
-    c.method.name = "scd"
+    c.method.name = "scm_scd"
     c.method.teacher = "runs/trigflow_toy2d"
     if variant == "smoke":
         c.method.teacher = "runs/trigflow_toy2d_smoke"

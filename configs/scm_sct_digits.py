@@ -20,7 +20,7 @@ TEACHER = "runs/trigflow_digits"
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "trigflow_digits", arg)  # same data and network
-    c.method = config_lib.scm_method("sct", tangent_warmup=200)  # H scaled to the short run
+    c.method = config_lib.scm_method("scm_sct", tangent_warmup=200)  # H scaled to the short run
     c.optim.name = "radam"
     c.optim.lr = 2e-4
     c.optim.b2 = 0.99

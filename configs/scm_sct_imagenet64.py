@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
     c = config_lib.load_sibling(__file__, "trigflow_imagenet64", arg)
     c.model.dropout = 0.45
     c.method = ml_collections.ConfigDict(
-        dict(name="sct", sigma_d=0.5, p_mean=-1.0, p_std=1.6, tangent_warmup=10_000, tangent_norm_c=0.1, t_mid=1.1)
+        dict(name="scm_sct", sigma_d=0.5, p_mean=-1.0, p_std=1.6, tangent_warmup=10_000, tangent_norm_c=0.1, t_mid=1.1)
     )
     c.optim.lr = c.optim.lr / 100
     c.train.init_from = f"runs/trigflow_imagenet64_{c.model.size}"

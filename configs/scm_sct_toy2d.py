@@ -16,7 +16,7 @@ def get_config(arg: str | None = None):
     c = config_lib.load_sibling(__file__, "trigflow_toy2d", arg)
     c.method = ml_collections.ConfigDict(
         # sigma_d = 1: keep the paper's re-noising level sigma_mid = 0.5 tan(1.1) = 0.98, not t_mid.
-        dict(name="sct", sigma_d=1.0, p_mean=-0.4, p_std=1.4, tangent_warmup=300, sigma_mid=0.98)
+        dict(name="scm_sct", sigma_d=1.0, p_mean=-0.4, p_std=1.4, tangent_warmup=300, sigma_mid=0.98)
     )
     c.optim.name = "radam"
     c.optim.lr = 2e-4

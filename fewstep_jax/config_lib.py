@@ -116,7 +116,7 @@ def toy_mlp(**overrides: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(cfg)
 
 
-def scm_method(name: str = "sct", **overrides: Any) -> ml_collections.ConfigDict:
+def scm_method(name: str = "scm_sct", **overrides: Any) -> ml_collections.ConfigDict:
     """sCM consistency-tuning settings of App. G (CIFAR-10): sigma_d 0.5, P(-1.0, 1.4),
     tangent warmup H = 10k, normalization c = 0.1, adaptive weighting, t_mid = 1.1."""
     cfg = dict(

@@ -22,7 +22,8 @@ class SampleFns:
         self.method = method
         self.cache: dict[tuple, Callable] = {}
 
-    def __call__(self, net_params, rng, *, labels, num_samples, num_steps, sampler, guidance):
+    def __call__(self, params, rng, *, labels, num_samples, num_steps, sampler, guidance):
+        """Samples from `params` ({'net': ..., plus the method's sampling inputs})."""
         key = (num_samples, num_steps, sampler, float(guidance), labels is None)
         if key not in self.cache:
             self.method.check_steps(num_steps)
@@ -39,7 +40,7 @@ class SampleFns:
                 )
 
             self.cache[key] = jax.jit(fn)
-        return self.cache[key]({"net": net_params}, rng, labels)
+        return self.cache[key](params, rng, labels)
 
 
 def eval_labels(num_classes: int, n: int) -> np.ndarray | None:
@@ -49,7 +50,7 @@ def eval_labels(num_classes: int, n: int) -> np.ndarray | None:
 
 def generate(
     sample_fns: SampleFns,
-    net_params: Any,
+    params: Any,
     rng: jax.Array,
     *,
     n: int,
@@ -67,7 +68,7 @@ def generate(
         if labels is not None:
             lab = np.resize(labels[start : start + size], batch_size)  # pad to a fixed shape
         x = sample_fns(
-            net_params,
+            params,
             jax.random.fold_in(rng, i),
             labels=None if lab is None else jnp.asarray(lab),
             num_samples=batch_size,
@@ -81,7 +82,7 @@ def generate(
 
 def generate_steps(
     sample_fns: SampleFns,
-    net_params: Any,
+    params: Any,
     rng: jax.Array,
     num_steps: int,
     ev: EvalConfig,
@@ -93,7 +94,7 @@ def generate_steps(
     """n samples with `num_steps` steps of the configured sampler and guidance (key fold_in(rng, steps))."""
     return generate(
         sample_fns,
-        net_params,
+        params,
         jax.random.fold_in(rng, num_steps),
         n=n,
         labels=labels,
@@ -192,7 +193,7 @@ def plot_metric_vs_nfe(
 def evaluate_steps(
     method,
     sample_fns: SampleFns,
-    net_params: Any,
+    params: Any,
     evaluator: Any,
     ev: EvalConfig,
     rng: jax.Array,
@@ -204,7 +205,7 @@ def evaluate_steps(
     rows = []
     for k in steps:
         samples = generate_steps(
-            sample_fns, net_params, rng, k, ev, n=n, labels=labels, batch_size=min(ev.batch_size, n)
+            sample_fns, params, rng, k, ev, n=n, labels=labels, batch_size=min(ev.batch_size, n)
         )
         metrics = evaluator.evaluate(samples, labels)
         row = {"steps": int(k), "nfe": method.nfe(k, ev.sampler), **{m: float(v) for m, v in metrics.items()}}

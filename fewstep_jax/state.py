@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -23,6 +23,8 @@ class TrainState:
     params:    trainable parameters ({'net': ..., plus method extras}).
     ema:       {name: EMA of params} for each configured EMA.
     opt_state: optax state.
+    extra:     the method's non-trainable state (methods/base.py: init_extra / update_extra),
+               e.g. SCT's reference bank; {} for most methods.
     nonfinite: int32 [2] = (step, quantity code) of the first step whose loss or
                gradient norm was not finite; (-1, 0) while training is healthy.
                From that step on, updates are skipped, so the state stays the last
@@ -34,6 +36,7 @@ class TrainState:
     ema: dict[str, Any]
     opt_state: Any
     nonfinite: jax.Array
+    extra: dict[str, Any]
 
 
 def ema_decays(train: TrainConfig) -> dict[str, float]:
@@ -50,13 +53,16 @@ def ema_decays(train: TrainConfig) -> dict[str, float]:
     return decays
 
 
-def create(params: Any, tx: optax.GradientTransformation, decays: dict[str, float]) -> TrainState:
+def create(
+    params: Any, tx: optax.GradientTransformation, decays: dict[str, float], extra: dict[str, Any] | None = None
+) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema={name: params for name in decays},
         opt_state=tx.init(params),
         nonfinite=jnp.array([-1, 0], jnp.int32),
+        extra={} if extra is None else extra,
     )
 
 
@@ -66,10 +72,12 @@ def apply_gradients(
     loss: jax.Array,
     tx: optax.GradientTransformation,
     decays: dict[str, float],
+    update_extra: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer + EMA update, skipped (state kept) if loss or grads are non-finite.
 
-    Returns the new state and the global gradient norm (before clipping).
+    update_extra(extra, ema) -> extra advances the method's state given the new EMAs; it
+    is skipped alike. Returns the new state and the global gradient norm (before clipping).
     """
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -78,6 +86,7 @@ def apply_gradients(
         name: jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, state.ema[name], params)
         for name, d in decays.items()
     }
+    extra = state.extra if update_extra is None else update_extra(state.extra, ema)
     code = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 0))
     healthy = (code == 0) & (state.nonfinite[0] < 0)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)  # noqa: E731
@@ -89,5 +98,6 @@ def apply_gradients(
         ema=keep(ema, state.ema),
         opt_state=keep(opt_state, state.opt_state),
         nonfinite=nonfinite,
+        extra=keep(extra, state.extra),
     )
     return new_state, grad_norm

@@ -78,11 +78,14 @@ class Experiment:
         """Name of the first configured EMA (config order; pytrees sort dict keys)."""
         return next(iter(self.decays), None)
 
-    def sampling_params(self, state: state_lib.TrainState) -> Any:
-        """Network params to sample with: the first EMA, or the live params."""
+    def sampling_params(self, state: state_lib.TrainState) -> dict[str, Any]:
+        """What `method.sample` reads: {'net': the first EMA's (or the live) network params,
+        plus the method's sampling inputs from state.extra (e.g. SCT's guidance snapshot)}."""
         if self.eval.use_ema and self.first_ema is not None:
-            return state.ema[self.first_ema]["net"]
-        return state.params["net"]
+            net = state.ema[self.first_ema]["net"]
+        else:
+            net = state.params["net"]
+        return {"net": net, **self.method.sampling_inputs(state.extra)}
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -117,7 +120,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         "y": np.zeros((1,), np.int32),
     }
     init_key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
-    abstract = jax.eval_shape(lambda k: state_lib.create(method.init_params(k, example), tx, decays), init_key)
+    abstract = jax.eval_shape(lambda k: fresh_state(method, k, example, tx, decays), init_key)
     state_shardings = sharding_lib.tree_shardings(abstract, replicated)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
     return Experiment(
@@ -139,6 +142,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         checkpointer=checkpointer,
         is_main=jax.process_index() == 0,
     )
+
+
+def fresh_state(method: methods_lib.Method, key: jax.Array, example: dict, tx: Any, decays: dict[str, float]):
+    params = method.init_params(key, example)
+    return state_lib.create(params, tx, decays, method.init_extra(params))
 
 
 def attach_frozen(exp: Experiment) -> None:
@@ -169,7 +177,7 @@ def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
     state, _ = exp.checkpointer.restore(step, exp.abstract_state)
     exp.checkpointer.close()
     logging.info("loaded %s (%s, step %d)", workdir, config.method.name, step)
-    return config, exp.sampling_params(state)
+    return config, exp.sampling_params(state)["net"]
 
 
 def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params: Any) -> state_lib.TrainState:
@@ -205,7 +213,7 @@ def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params
 
     params = dict(state.params, net=copy(merged))
     ema = {name: dict(e, net=copy(merged)) for name, e in state.ema.items()}
-    new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params))
+    new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params), extra=exp.method.init_extra(params))
     return jax.device_put(new, exp.state_shardings)
 
 
@@ -214,7 +222,7 @@ def init_state(exp: Experiment) -> state_lib.TrainState:
     example = {"x": np.zeros((1, *exp.info.shape), np.float32), "y": np.zeros((1,), np.int32)}
 
     def init(key):
-        return state_lib.create(exp.method.init_params(key, example), exp.tx, exp.decays)
+        return fresh_state(exp.method, key, example, exp.tx, exp.decays)
 
     key = jax.random.fold_in(exp.base_key, INIT_STREAM)
     return jax.jit(init, out_shardings=exp.state_shardings)(key)
@@ -253,10 +261,14 @@ def make_train_step(exp: Experiment):
         ema_params = state.ema[first_ema] if first_ema is not None else state.params
 
         def loss_fn(params):
-            return method.loss(params, ema_params, batch, rng, state.step, frozen)
+            return method.loss(params, ema_params, batch, rng, state.step, frozen, state.extra)
+
+        def update_extra(extra, ema):
+            new_ema = ema[first_ema] if first_ema is not None else None
+            return method.update_extra(extra, batch=batch, step=state.step, ema_params=new_ema)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state, grad_norm = state_lib.apply_gradients(state, grads, loss, tx, decays)
+        new_state, grad_norm = state_lib.apply_gradients(state, grads, loss, tx, decays, update_extra)
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
         return new_state, metrics
 

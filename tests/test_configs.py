@@ -26,7 +26,7 @@ def test_every_config_has_a_docstring_with_its_command():
 @pytest.mark.parametrize("variant", [None, "smoke"])
 def test_embedded_configs_validate(name, variant):
     config = load_config(name, variant)
-    if config.method.name == "scd":
+    if config.method.name == "scm_scd":
         config.method.teacher = "unused-by-validation"
     config_lib.validate(config, num_devices=1)
     if variant == "smoke":
@@ -48,7 +48,7 @@ def test_scm_paper_values():
     assert (sct.method.p_mean, sct.method.p_std, sct.model.dropout) == (-1.0, 1.4, 0.2)
     assert (sct.method.tangent_norm_c, sct.method.tangent_warmup, sct.method.t_mid) == (0.1, 10_000, 1.1)
     scd = load_config("scm_scd_cifar", None)
-    assert scd.model.dropout == 0.0 and scd.method.name == "scd"
+    assert scd.model.dropout == 0.0 and scd.method.name == "scm_scd"
     teacher = load_config("trigflow_cifar", None)
     assert (teacher.optim.lr, teacher.model.dropout, teacher.train.num_steps) == (1e-3, 0.13, 400_000)
     assert teacher.method.learned_weighting and teacher.eval.nfes == (18,) and teacher.eval.sampler == "heun"

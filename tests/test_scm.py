@@ -32,7 +32,7 @@ def build_sct(dtype="float64", dropout=0.0, **method_cfg):
         data_shape=INFO.shape,
         num_classes=0,
     )
-    cfg = dict(name="sct", sigma_d=SIGMA_D, **method_cfg)
+    cfg = dict(name="scm_sct", sigma_d=SIGMA_D, **method_cfg)
     return methods.build(ml_collections.ConfigDict(cfg), net, INFO)
 
 
@@ -255,7 +255,7 @@ class ExactConsistency(nn.Module):
 
 
 def scd_with_teacher(teacher):
-    cfg = ml_collections.ConfigDict(dict(name="scd", sigma_d=SIGMA_D, teacher="<exact>"))
+    cfg = ml_collections.ConfigDict(dict(name="scm_scd", sigma_d=SIGMA_D, teacher="<exact>"))
     method = methods.build(cfg, ExactConsistency(), INFO)
     method.teacher_net = teacher
     return method
@@ -286,13 +286,13 @@ def test_scd_with_exact_teacher_has_zero_tangent():
 
 
 def test_method_config_errors():
-    with pytest.raises(ValueError, match="scd needs method.teacher"):
-        methods.build(ml_collections.ConfigDict(dict(name="scd")), ExactConsistency(), INFO)
-    with pytest.raises(ValueError, match="sct trains without a teacher"):
-        methods.build(ml_collections.ConfigDict(dict(name="sct", teacher="x")), ExactConsistency(), INFO)
+    with pytest.raises(ValueError, match="scm_scd needs method.teacher"):
+        methods.build(ml_collections.ConfigDict(dict(name="scm_scd")), ExactConsistency(), INFO)
+    with pytest.raises(ValueError, match="scm_sct trains without a teacher"):
+        methods.build(ml_collections.ConfigDict(dict(name="scm_sct", teacher="x")), ExactConsistency(), INFO)
     with pytest.raises(ValueError, match="teacher guidance needs class-conditional data"):
         methods.build(
-            ml_collections.ConfigDict(dict(name="scd", teacher="x", teacher_guidance_max=2.0)), ExactConsistency(), INFO
+            ml_collections.ConfigDict(dict(name="scm_scd", teacher="x", teacher_guidance_max=2.0)), ExactConsistency(), INFO
         )
 
 
@@ -350,7 +350,7 @@ def test_bf16_tangent_is_finite_and_matches_float32_up_to_pi_over_2():
             data_shape=info.shape,
             num_classes=0,
         )
-        return methods.build(ml_collections.ConfigDict(dict(name="sct", sigma_d=SIGMA_D)), net, info)
+        return methods.build(ml_collections.ConfigDict(dict(name="scm_sct", sigma_d=SIGMA_D)), net, info)
 
     m32, m16 = build("float32"), build("bfloat16")
     params = perturbed(m32.init_params(jax.random.key(0), {"x": jnp.zeros((1, 8, 8, 1))}), jax.random.key(1), 0.1)
@@ -398,7 +398,7 @@ class DStudent(nn.Module):
 
 
 def test_scd_teacher_guidance_and_the_scale_input():
-    cfg = dict(name="scd", sigma_d=SIGMA_D, teacher="<test>", teacher_guidance_min=1.0, teacher_guidance_max=2.0)
+    cfg = dict(name="scm_scd", sigma_d=SIGMA_D, teacher="<test>", teacher_guidance_min=1.0, teacher_guidance_max=2.0)
     method = methods.build(ml_collections.ConfigDict(cfg), DStudent(), LABELED)
     method.teacher_net = LabelTeacher()
     n = 4

@@ -99,7 +99,7 @@ def test_checkpoint_retention_keeps_the_newest(tmp_path):
 
 @methods.register("test_nan_loss")
 class NanLossAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
         return jnp.where(step >= 12, jnp.nan, loss), metrics
 
@@ -123,7 +123,7 @@ nan_gradient_when.defvjp(_poison_fwd, _poison_bwd)
 
 @methods.register("test_nan_grad")
 class NanGradAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
         return nan_gradient_when(loss, step >= 12), metrics
 
@@ -336,7 +336,7 @@ def test_sampling_uses_the_first_configured_ema(tmp_path):
     zeros = jax.tree.map(jnp.zeros_like, state.ema["ema_0.9"])
     state = state.replace(ema={"ema_0.999": state.ema["ema_0.999"], "ema_0.9": zeros})
     assert exp.first_ema == "ema_0.999"
-    chosen = exp.sampling_params(state)
+    chosen = exp.sampling_params(state)["net"]
     expected = state.ema["ema_0.999"]["net"]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(expected)))
     assert any(np.any(np.asarray(a) != 0) for a in jax.tree.leaves(chosen))

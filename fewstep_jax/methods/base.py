@@ -5,7 +5,7 @@ static things (its typed config, the Flax module, the dataset info); every
 function it exposes is pure, so the training loop can `jax.jit` it:
 
   init_params(rng, example_batch)             -> params pytree
-  loss(params, ema_params, batch, rng, step, frozen) -> (scalar loss, metrics dict)
+  loss(params, ema_params, batch, rng, step, frozen, extra) -> (scalar loss, metrics dict)
   sample(params, rng, num_samples=, labels=, num_steps=, sampler=, guidance=) -> x
   nfe(num_steps, sampler)                     -> exact network evaluations
 
@@ -13,7 +13,12 @@ function it exposes is pure, so the training loop can `jax.jit` it:
 learned loss weighting)}. `sample` needs only {'net': ...} (EMA trees qualify).
 `frozen` holds parameters the method reads but never trains (sCD's teacher):
 `load_frozen(loader)` builds them once, the loop passes them to every step as
-an explicit argument, and they are not part of the checkpoint. The loop never
+an explicit argument, and they are not part of the checkpoint. `extra` is the
+method's own non-trainable state, which IS checkpointed (SCT's reference bank of
+recent batches, an EMA snapshot for guidance): `init_extra(params)` creates it,
+`update_extra(extra, batch=, step=, ema_params=)` advances it after every
+optimizer step, and `sampling_inputs(extra)` names what sampling needs from it
+(merged into the params given to `sample`). The loop never
 branches on the method: everything specific lives behind this interface.
 Methods register themselves with `@register('name')`.
 """
@@ -66,6 +71,9 @@ class Method(abc.ABC):
     name: ClassVar[str] = ""
     #: One line stating the time convention used internally.
     time_convention: ClassVar[str] = ""
+    #: What the network's output means (its preconditioning); train.init_from only copies a
+    #: pretrained network whose method has the same parameterization.
+    parameterization: ClassVar[str] = ""
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -124,6 +132,21 @@ class Method(abc.ABC):
         del loader
         return None
 
+    def init_extra(self, params: Params) -> dict[str, Any]:
+        """The method's non-trainable, checkpointed state (default: none)."""
+        del params
+        return {}
+
+    def update_extra(self, extra: dict[str, Any], *, batch: Batch, step: jax.Array, ema_params: Params) -> dict:
+        """`extra` after the optimizer step `step` (0-based) on `batch`; ema_params are the updated first EMA."""
+        del batch, step, ema_params
+        return extra
+
+    def sampling_inputs(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Entries of `extra` that `sample` reads, added to its params (host side, outside jit)."""
+        del extra
+        return {}
+
     @abc.abstractmethod
     def loss(
         self,
@@ -133,6 +156,7 @@ class Method(abc.ABC):
         rng: jax.Array,
         step: jax.Array,
         frozen: Params | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Scalar training loss and a dict of scalar metrics."""
 

@@ -24,6 +24,7 @@ T_SAMPLING = ("uniform", "logit_normal")
 @register("flow")
 class FlowMatching(ODEMethod):
     time_convention = "flow t in [0, 1]; t = 0 noise, t = 1 data"
+    parameterization = "flow"
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -47,9 +48,9 @@ class FlowMatching(ODEMethod):
             return jax.random.uniform(rng, (n,))
         return jax.nn.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * jax.random.normal(rng, (n,)))
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         """Conditional flow matching loss, mean over pixels and batch."""
-        del ema_params, step, frozen
+        del ema_params, step, frozen, extra
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)
         t = self.sample_time(k_t, x0.shape[0])

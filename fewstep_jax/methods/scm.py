@@ -44,11 +44,12 @@ from fewstep_jax.methods.weighting import LogVariance
 TIME_BINS = (0.0, 0.4, 0.8, 1.2, np.pi / 2)
 
 
-@register("sct")
+@register("scm_sct")
 class SCT(Method):
     """Consistency training (sCT): the tangent uses the one-sample dx_t/dt."""
 
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
+    parameterization = "trigflow"
     supported_steps = None
     default_steps = (1, 2)
 
@@ -88,7 +89,7 @@ class SCT(Method):
         if not 0.0 < c.t_mid < np.pi / 2:
             raise ValueError(f"{self.name}: t_mid must be in (0, pi/2), got {c.t_mid}")
         if not self.distill and (c.teacher or c.teacher_guidance_max != 1.0 or c.teacher_guidance_min != 1.0):
-            raise ValueError("sct trains without a teacher: method.teacher / teacher_guidance_* are for 'scd'")
+            raise ValueError("scm_sct trains without a teacher: method.teacher / teacher_guidance_* are for 'scm_scd'")
 
     # -- parameters --------------------------------------------------------
     @property
@@ -154,9 +155,9 @@ class SCT(Method):
         del guidance
         return None
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         """sCM loss (Alg. 1); see the module docstring."""
-        del ema_params
+        del ema_params, extra
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         n = x0.shape[0]
@@ -242,7 +243,7 @@ class SCT(Method):
         return x0
 
 
-@register("scd")
+@register("scm_scd")
 class SCD(SCT):
     """Consistency distillation (sCD): dx_t/dt = sigma_d F_teacher(x_t / sigma_d, t).
 
@@ -258,14 +259,14 @@ class SCD(SCT):
         super().check()
         c = self.cfg
         if not c.teacher:
-            raise ValueError("scd needs method.teacher: the workdir of a trained TrigFlow run")
+            raise ValueError("scm_scd needs method.teacher: the workdir of a trained TrigFlow run")
         if not 1.0 <= c.teacher_guidance_min <= c.teacher_guidance_max:
-            raise ValueError("scd: need 1 <= teacher_guidance_min <= teacher_guidance_max")
+            raise ValueError("scm_scd: need 1 <= teacher_guidance_min <= teacher_guidance_max")
         if self.guided_teacher:
             if not self.conditional:
-                raise ValueError("scd: teacher guidance needs class-conditional data")
+                raise ValueError("scm_scd: teacher guidance needs class-conditional data")
             if not getattr(self.net, "use_d", False):
-                raise ValueError("scd: teacher guidance feeds the scale to the student as `d`: set model.use_d=True")
+                raise ValueError("scm_scd: teacher guidance feeds the scale to the student as `d`: set model.use_d=True")
 
     @property
     def guided_teacher(self) -> bool:
@@ -277,14 +278,14 @@ class SCD(SCT):
 
         config, teacher_params = loader(self.cfg.teacher)
         if config.method.name != "trigflow":
-            raise ValueError(f"scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'")
+            raise ValueError(f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'")
         if config.data.name != self.info.name:
             raise ValueError(
-                f"scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r}, not {self.info.name!r}"
+                f"scm_scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r}, not {self.info.name!r}"
             )
         if abs(config.method.sigma_d - self.cfg.sigma_d) > 1e-12:
             raise ValueError(
-                f"scd: teacher sigma_d={config.method.sigma_d} differs from method.sigma_d={self.cfg.sigma_d}"
+                f"scm_scd: teacher sigma_d={config.method.sigma_d} differs from method.sigma_d={self.cfg.sigma_d}"
             )
         self.teacher_net = models.build(config.model, data_shape=self.info.shape, num_classes=self.info.num_classes)
         return {"teacher": teacher_params}
@@ -307,7 +308,7 @@ class SCD(SCT):
     def velocity(self, x0, z, x_t, t, y, frozen, guidance):
         del x0, z
         if frozen is None:
-            raise ValueError("scd: the teacher parameters were not passed to the loss")
+            raise ValueError("scm_scd: the teacher parameters were not passed to the loss")
         return jax.lax.stop_gradient(self.teacher_velocity(frozen["teacher"], x_t, t, y, guidance))
 
     def student_d(self, guidance):
@@ -315,4 +316,4 @@ class SCD(SCT):
 
     def check_guidance(self, guidance: float) -> None:
         if not self.guided_teacher and guidance != 1.0:
-            raise ValueError("scd: guidance at sampling time needs a student distilled with teacher guidance")
+            raise ValueError("scm_scd: guidance at sampling time needs a student distilled with teacher guidance")

@@ -44,6 +44,7 @@ EPS = 1e-5
 @register("shortcut")
 class Shortcut(Method):
     time_convention = "shortcut t in [0, 1]; t = 0 noise, t = 1 data"
+    parameterization = "shortcut"
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -137,9 +138,9 @@ class Shortcut(Method):
         v2 = self.velocity(ema_net, x_mid, t + half, k_half, y, guide)
         return jax.lax.stop_gradient(jnp.clip((v1 + v2) / 2, -clip, clip))
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         """Flow-matching rows + bootstrap rows (shortcut sec. 3, Alg. 1)."""
-        del step, frozen
+        del step, frozen, extra
         x1, y = batch["x"], batch.get("y")
         n = x1.shape[0]
         n_boot, n_flow = self.split_rows(n)

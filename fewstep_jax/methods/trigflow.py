@@ -26,6 +26,7 @@ from fewstep_jax.methods.weighting import LogVariance
 @register("trigflow")
 class TrigFlow(ODEMethod):
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
+    parameterization = "trigflow"  # F predicts v_t / sigma_d from (x_t / sigma_d, t)
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -75,10 +76,10 @@ class TrigFlow(ODEMethod):
         tau = self.cfg.p_mean + self.cfg.p_std * jax.random.normal(rng, (n,))
         return jnp.arctan(jnp.exp(tau) / self.cfg.sigma_d)
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None):
+    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         """TrigFlow diffusion loss with the EDM2 learned weighting (sCM sec. 3):
         E_t[ exp(-u(t)) / sigma_d^2 * mean_pixels (sigma_d F - v_t)^2 + u(t) ]."""
-        del ema_params, step, frozen
+        del ema_params, step, frozen, extra
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)

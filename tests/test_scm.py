@@ -292,7 +292,9 @@ def test_method_config_errors():
         methods.build(ml_collections.ConfigDict(dict(name="scm_sct", teacher="x")), ExactConsistency(), INFO)
     with pytest.raises(ValueError, match="teacher guidance needs class-conditional data"):
         methods.build(
-            ml_collections.ConfigDict(dict(name="scm_scd", teacher="x", teacher_guidance_max=2.0)), ExactConsistency(), INFO
+            ml_collections.ConfigDict(dict(name="scm_scd", teacher="x", teacher_guidance_max=2.0)),
+            ExactConsistency(),
+            INFO,
         )
 
 

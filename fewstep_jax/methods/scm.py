@@ -266,7 +266,9 @@ class SCD(SCT):
             if not self.conditional:
                 raise ValueError("scm_scd: teacher guidance needs class-conditional data")
             if not getattr(self.net, "use_d", False):
-                raise ValueError("scm_scd: teacher guidance feeds the scale to the student as `d`: set model.use_d=True")
+                raise ValueError(
+                    "scm_scd: teacher guidance feeds the scale to the student as `d`: set model.use_d=True"
+                )
 
     @property
     def guided_teacher(self) -> bool:
@@ -278,10 +280,13 @@ class SCD(SCT):
 
         config, teacher_params = loader(self.cfg.teacher)
         if config.method.name != "trigflow":
-            raise ValueError(f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'")
+            raise ValueError(
+                f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'"
+            )
         if config.data.name != self.info.name:
             raise ValueError(
-                f"scm_scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r}, not {self.info.name!r}"
+                f"scm_scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r} "
+                f"(this run: {self.info.name!r})"
             )
         if abs(config.method.sigma_d - self.cfg.sigma_d) > 1e-12:
             raise ValueError(

@@ -213,8 +213,27 @@ def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params
 
     params = dict(state.params, net=copy(merged))
     ema = {name: dict(e, net=copy(merged)) for name, e in state.ema.items()}
-    new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params), extra=exp.method.init_extra(params))
+    extra = copy(exp.method.init_extra(params))
+    new = state.replace(params=params, ema=ema, opt_state=exp.tx.init(params), extra=extra)
     return jax.device_put(new, exp.state_shardings)
+
+
+def check_pretrained_method(exp: Experiment, pre_config: ml_collections.ConfigDict) -> None:
+    """train.init_from must come from a method whose network output means the same thing."""
+    theirs = methods_lib.REGISTRY.get(pre_config.method.name)
+    ours = exp.method
+    if theirs is None or theirs.parameterization != ours.parameterization:
+        kind = "unknown" if theirs is None else theirs.parameterization
+        raise ValueError(
+            f"train.init_from={exp.train.init_from} is a {pre_config.method.name!r} run ({kind} parameterization); "
+            f"{ours.name!r} needs a {ours.parameterization} one"
+        )
+    sigma_d = getattr(ours.cfg, "sigma_d", None)
+    if sigma_d is not None and pre_config.method.get("sigma_d", sigma_d) != sigma_d:
+        raise ValueError(
+            f"train.init_from={exp.train.init_from} was trained with sigma_d={pre_config.method.sigma_d}, "
+            f"this config uses method.sigma_d={sigma_d}"
+        )
 
 
 def init_state(exp: Experiment) -> state_lib.TrainState:
@@ -240,6 +259,7 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
                     f"train.init_from={exp.train.init_from} was trained on data {pre_config.data.to_dict()}, "
                     f"this config uses {exp.config.data.to_dict()}"
                 )
+            check_pretrained_method(exp, pre_config)
             state = with_pretrained_net(exp, state, net_params)
             logging.info("initialized the network from the EMA of %s", exp.train.init_from)
         return state, 0

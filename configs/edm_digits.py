@@ -1,0 +1,26 @@
+"""EDM diffusion (Karras et al. 2022) on sklearn digits: the pretrained model ECT and SCT tune from.
+
+Same data, network, optimizer and budget as the TrigFlow teacher (configs/trigflow_digits.py);
+EDM's preconditioning (c_noise = ln(sigma) / 4), proposal ln sigma ~ N(-1.2, 1.2^2) and loss
+weighting (Karras et al. 2022, Table 1). ECT / SCT initialize from its EMA (train.init_from).
+
+  python -m fewstep_jax.main --config=configs/edm_digits.py --workdir=runs/edm_digits
+  python -m fewstep_jax.main --config=configs/edm_digits.py:uncond --workdir=runs/edm_digits_uncond
+  python -m fewstep_jax.main --config=configs/edm_digits.py --workdir=runs/edm_digits \
+      --mode=eval --config.eval.sampler=heun --config.eval.nfes='(4,8,16)'
+
+Variants: `:uncond` (no labels, the teacher of the unconditional ECT / SCT runs), `:smoke`.
+"""
+
+import ml_collections
+
+from fewstep_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    variant = config_lib.parse_variant(arg, ("uncond", "smoke"))
+    c = config_lib.load_sibling(__file__, "trigflow_digits", "smoke" if variant == "smoke" else None)
+    c.method = ml_collections.ConfigDict(dict(name="edm", sigma_d=0.5, p_mean=-1.2, p_std=1.2, label_dropout=0.1))
+    if variant == "uncond":
+        c.data.conditional = False
+    return c

@@ -30,9 +30,8 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-flags.DEFINE_list(
-    "configs", ["trigflow_digits", "scm_sct_digits", "scm_scd_digits"], "Config names (first = reference)."
-)
+DEFAULT_CONFIGS = ["trigflow_digits", "scm_sct_digits", "scm_scd_digits", "edm_digits", "ect_digits", "sct_digits"]
+flags.DEFINE_list("configs", DEFAULT_CONFIGS, "Config names (first = reference).")
 flags.DEFINE_integer("steps", 20, "Timed steps per method (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("teacher", "", "TrigFlow workdir for sCD (default: made on the fly).")

@@ -12,35 +12,17 @@ and 1,200-step budget as the teacher.
 Variants: `:uncond` (tunes runs/edm_digits_uncond), `:smoke` (from scratch, seconds on a CPU).
 """
 
-import ml_collections
-
 from fewstep_jax import config_lib
 
 TEACHER = "runs/edm_digits"
 
 
-def ect_method(name: str = "ect", **overrides) -> ml_collections.ConfigDict:
-    """ECT's CIFAR-10 method settings (official code) with the stage length scaled to 1,200 steps."""
-    cfg = dict(
-        name=name,
-        sigma_d=0.5,
-        p_mean=-1.1,
-        p_std=2.0,
-        q=2.0,
-        stage_length=150,
-        stage_offset=1,
-        huber_c=0.0,
-        weighting="inv_dt",
-        t_mid=0.821,
-    )
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
-
-
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("uncond", "smoke"))
     c = config_lib.load_sibling(__file__, "edm_digits", arg)
-    c.method = ect_method()
+    # ECT's CIFAR-10 method settings, with 8 stages over 1,200 steps and no eval shift.
+    c.method = config_lib.load_sibling(__file__, "ect_cifar").method
+    c.method.update(dict(stage_length=150, sigma_min_shift=0.0))
     c.optim.update(dict(name="radam", lr=2e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
     c.train.init_from = TEACHER + ("_uncond" if variant == "uncond" else "")
     c.eval.nfes = (1, 2, 4)

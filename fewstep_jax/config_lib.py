@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
             guidance=1.0,  # classifier-free guidance scale (1 = none)
             use_ema=True,  # sample with the first EMA
             batch_size=500,
+            checkpoint_step=0,  # --mode=sample / eval: the checkpoint to use (0 = the latest)
         )
     )
 
@@ -245,6 +246,7 @@ class EvalConfig:
     guidance: float = 1.0
     use_ema: bool = True
     batch_size: int = 500
+    checkpoint_step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

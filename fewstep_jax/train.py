@@ -517,6 +517,15 @@ def load_for_inference(
         raise ckpt_lib.CheckpointError(
             f"no checkpoint in {exp.checkpointer.directory}; train first with --mode=train --workdir={workdir}"
         )
+    if exp.eval.checkpoint_step:
+        available = exp.checkpointer.all_steps()
+        if exp.eval.checkpoint_step not in available:
+            exp.checkpointer.close()
+            raise ckpt_lib.CheckpointError(
+                f"eval.checkpoint_step={exp.eval.checkpoint_step} is not in {exp.checkpointer.directory}; "
+                f"saved steps: {available}"
+            )
+        step = exp.eval.checkpoint_step
     exp.checkpointer.check_compatible(step, config, allow_change=allow_config_change)
     state, _ = exp.checkpointer.restore(step, exp.abstract_state)
     return exp, state, step

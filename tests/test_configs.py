@@ -79,3 +79,24 @@ def test_shortcut_paper_values():
         inet = load_config("shortcut_imagenet256", variant)
         assert inet.model.size == size and (inet.train.batch_size, inet.train.num_steps) == (256, 810_000)
         assert (inet.method.cfg_scale, inet.method.label_dropout, inet.data.conditional) == (1.5, 0.1, True)
+
+
+def test_ect_sct_paper_values():
+    """ECT's official CIFAR-10 / ImageNet-64 recipes and SCT on top, as in the method notes."""
+    ect = load_config("ect_cifar", None)
+    assert (ect.train.batch_size, ect.optim.name, ect.optim.lr, ect.model.dropout) == (128, "radam", 1e-4, 0.2)
+    assert ect.train.ema_decays == (0.9999,) and ect.train.init_from == "runs/edm_cifar"
+    m = ect.method
+    assert (m.p_mean, m.p_std, m.q, m.stage_length, m.k, m.b) == (-1.1, 2.0, 2.0, 25_000, 8.0, 1.0)
+    assert (m.stage_offset, m.huber_c, m.weighting, m.sigma_min_shift, m.t_mid) == (1, 0.0, "inv_dt", 0.003, 0.821)
+    sct = load_config("sct_cifar", None)
+    assert sct.method.name == "sct" and sct.method.mapping == "smooth" and sct.method.reference_set == "batch"
+    assert not sct.data.conditional and load_config("sct_cifar", "cond").data.conditional
+    assert load_config("sct_cifar", "cond").train.init_from == "runs/edm_cifar_cond"
+    for size, lr, dropout in (("s", 1e-3, 0.4), ("m", 9e-4, 0.5)):
+        e = load_config("ect_imagenet64", size)
+        assert (e.optim.lr, e.optim.b2, e.optim.schedule, e.optim.decay_steps) == (lr, 0.99, "inverse_sqrt", 2000)
+        assert (e.model.dropout, e.model.size, e.train.num_steps, e.train.batch_size) == (dropout, size, 100_000, 128)
+        assert (e.method.q, e.method.huber_c, e.method.weighting, e.method.t_mid) == (4.0, 0.06, "edm", 1.526)
+        assert (e.method.p_mean, e.method.p_std) == (-0.8, 1.6)
+        assert load_config("sct_imagenet64", size).method.name == "sct"

@@ -327,6 +327,21 @@ def test_sample_and_eval_without_checkpoint_say_what_to_do(tmp_path):
     assert "no checkpoint in" in res.stderr and "--mode=train" in res.stderr
 
 
+def test_eval_of_an_earlier_checkpoint(tmp_path):
+    config = quiet(load_config("flow_toy2d"), 10)
+    config.train.checkpoint_every = 5
+    workdir = str(tmp_path / "w")
+    train.train_and_evaluate(config, workdir)
+    config.eval.nfes = (1,)
+    config.eval.num_samples = 100
+    config.eval.checkpoint_step = 5
+    train.eval_mode(config, workdir)
+    assert os.path.isdir(os.path.join(workdir, "eval", "step0000005_euler"))
+    config.eval.checkpoint_step = 7
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoint_step=7 is not in .*saved steps: \[5, 10\]"):
+        train.eval_mode(config, workdir)
+
+
 def test_sampling_uses_the_first_configured_ema(tmp_path):
     """Config order, not the sorted key order that pytrees give dicts."""
     config = quiet(load_config("flow_toy2d"), 1)

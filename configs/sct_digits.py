@@ -24,7 +24,7 @@ from fewstep_jax import config_lib
 
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("uncond", "phased", "scratch", "smoke"))
-    c = config_lib.load_sibling(__file__, "ect_digits", arg if variant in ("uncond", "smoke") else None)
+    c = config_lib.load_sibling(__file__, "ect_digits", arg if variant in ("uncond", "scratch", "smoke") else None)
     c.method.name = "sct"
     c.method.mapping = "smooth"
     c.method.reference_set = "batch"
@@ -32,10 +32,6 @@ def get_config(arg: str | None = None):
     if variant == "phased":
         c.method.phase_edges = (0.2, 0.8, 3.2)
         c.eval.nfes = (4,)
-    if variant == "scratch":
-        c.train.init_from = ""
-        c.method.stage_offset = 0
-        c.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", end_factor=0.1, warmup_steps=100))
     if variant == "smoke":
         c.method.guide_snapshot_step = 20
     return c

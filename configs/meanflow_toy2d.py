@@ -1,0 +1,40 @@
+"""MeanFlow (Geng et al. 2025; t = 0 data, t = 1 noise) on a 2-D toy distribution, with the data,
+network and budget of configs/flow_toy2d.py (the MLP also takes the interval h = t - r as `d`).
+
+Method settings as configs/meanflow_digits.py (the CIFAR-10 PyTorch recipe: t ~ logit-normal
+(-0.6, 1.6), r ~ logit-normal(-4.0, 1.6), r = min(t, r), 75% of rows with r != t, p = 0.75,
+c = 1e-3); the toy data is unconditional, so no label dropout and no guidance.
+
+  python -m fewstep_jax.main --config=configs/meanflow_toy2d.py --workdir=runs/meanflow_toy2d
+
+Variants: `:smoke` (seconds on a CPU).
+"""
+
+import ml_collections
+
+from fewstep_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    variant = config_lib.parse_variant(arg, ("smoke",))
+    c = config_lib.load_sibling(__file__, "flow_toy2d", arg)
+    c.model.use_d = True
+    c.method = ml_collections.ConfigDict(
+        dict(
+            name="meanflow",
+            t_sampling="logit_normal",
+            t_logit_mean=-0.6,
+            t_logit_std=1.6,
+            r_logit_mean=-4.0,
+            r_logit_std=1.6,
+            tr_order="clamp_r",
+            ratio_r_neq_t=0.75,
+            label_dropout=0.0,
+            adaptive_p=0.75,
+            adaptive_c=1e-3,
+        )
+    )
+    c.eval.nfes = (1, 2, 4, 8)
+    if variant == "smoke":
+        c.eval.nfes = (1, 2)
+    return c

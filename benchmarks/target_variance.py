@@ -8,12 +8,13 @@ class-conditional (references of the row's class) and unconditional reference se
    training split (of the row's class when conditional). ECT's eps_hat is the sampled noise;
    SCT's is the batch estimate (methods/sct.py). The error of x_r is (t - r)^2 times this, so the
    ratio SCT / ECT holds for x_r as well.
-2. Gradient variance (with --workdir=<a trained edm / ect / sct run on digits>): at that run's
-   EMA network, the per-batch loss gradients of ECT and SCT over many batches of the training
-   data; reported as tr Cov(g) / ||E g||^2 (the noise-to-signal ratio of one gradient).
+2. Gradient variance (with --workdir=<a trained class-conditional edm / ect / sct run on
+   digits>): at that run's EMA network, the per-batch loss gradients of ECT and SCT over many
+   batches of the training data; reported as tr Cov(g) / ||E g||^2 (the noise-to-signal ratio of
+   one gradient). "Unconditional" trains every row with the null label (the model saw 10% of
+   those in training), so SCT's references are the whole batch.
 
-  python benchmarks/target_variance.py --out=docs/results/sct_target_variance.md \
-      --workdir=runs/edm_digits --workdir_uncond=runs/edm_digits_uncond
+  python benchmarks/target_variance.py --out=docs/results/sct_target_variance.md --workdir=runs/edm_digits
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def target_errors(x, y, *, conditional, batches, batch_size, p_mean, p_std, seed
     return {m: (sums[m] / np.maximum(counts, 1)).tolist() for m in sums}, counts.tolist()
 
 
-def gradient_noise(workdir, *, batches, batch_size, seed):
+def gradient_noise(workdir, *, conditional, batches, batch_size, seed):
     """tr Cov(g) / ||E g||^2 of the ECT and SCT loss gradients at a trained run's EMA network."""
     from fewstep_jax import train
 
@@ -103,7 +104,8 @@ def gradient_noise(workdir, *, batches, batch_size, seed):
             idx = rng.integers(0, len(x_all), batch_size)
             batch = {"x": jnp.asarray(x_all[idx])}
             if info.num_classes:
-                batch["y"] = jnp.asarray(y_all[idx])
+                labels = y_all[idx] if conditional else np.full(batch_size, info.num_classes, np.int32)
+                batch["y"] = jnp.asarray(labels)
             g = grad(batch, jax.random.key(seed * 1000 + i))
             flat.append(np.concatenate([np.ravel(v) for v in jax.tree.leaves(jax.device_get(g))]))
         G = np.stack(flat).astype(np.float64)
@@ -117,8 +119,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--grad_batches", type=int, default=48)
-    p.add_argument("--workdir", default="", help="trained conditional digits run for the gradient measurement")
-    p.add_argument("--workdir_uncond", default="", help="trained unconditional digits run (gradient measurement)")
+    p.add_argument("--workdir", default="", help="trained class-conditional digits run (gradient measurement)")
     p.add_argument("--out", default="docs/results/sct_target_variance.md")
     args = p.parse_args(argv)
     x, y = digits.load_split("train")
@@ -147,10 +148,12 @@ def main(argv=None):
             row = f"| {label} | [{BINS[b]:g}, {BINS[b + 1]:g}) | {int(counts[b])} | {e:.2e} | {s:.2e} | {ratio} |"
             lines.append(row)
         print(label, errs, flush=True)
-    for label, workdir in (("class-conditional", args.workdir), ("unconditional", args.workdir_uncond)):
-        if not workdir:
-            continue
-        noise = gradient_noise(workdir, batches=args.grad_batches, batch_size=args.batch_size, seed=1)
+    for label in ("class-conditional", "unconditional") if args.workdir else ():
+        workdir = args.workdir
+        noise = gradient_noise(
+            workdir, conditional=label == "class-conditional", batches=args.grad_batches,
+            batch_size=args.batch_size, seed=1,
+        )  # fmt: skip
         results[label]["gradient_noise"] = noise
         lines += [
             "",

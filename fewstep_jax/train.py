@@ -343,12 +343,22 @@ def save_checkpoint(exp: Experiment, state: state_lib.TrainState, step: int) -> 
     exp.checkpointer.save(step, state, exp.iterator.get_state(), exp.config)
 
 
+def eval_settings(exp: Experiment, params: Any) -> config_lib.EvalConfig:
+    """exp.eval, but unguided (with a warning) while the method cannot guide yet: training-time
+    samples of SCT before its guidance snapshot."""
+    ev = exp.eval
+    if ev.guidance != 1.0 and not exp.method.can_guide(params):
+        logging.warning("eval.guidance=%g is not available yet (no guidance snapshot): sampling unguided", ev.guidance)
+        return dataclasses.replace(ev, guidance=1.0)
+    return ev
+
+
 def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> None:
     """A PNG grid (images) or scatter plot (2-D) per evaluated step count.
 
     Every process samples (the computation spans all devices); process 0 writes.
     """
-    ev = exp.eval
+    ev = eval_settings(exp, exp.sampling_params(state))
     n = ev.grid_size
     labels = eval_lib.eval_labels(exp.info.num_classes, n)
     reference = None
@@ -376,14 +386,14 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
 
 def run_eval(exp: Experiment, sample_fns, evaluator, state, step: int) -> dict[str, float]:
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 10_000_000 + step)
-    rows = eval_lib.evaluate_steps(
-        exp.method, sample_fns, exp.sampling_params(state), evaluator, exp.eval, rng, exp.eval.nfes
-    )
+    params = exp.sampling_params(state)
+    ev = eval_settings(exp, params)
+    rows = eval_lib.evaluate_steps(exp.method, sample_fns, params, evaluator, ev, rng, ev.nfes)
     out = {}
     for r in rows:
         for m, v in r.items():
             if m not in ("steps", "nfe"):
-                out[f"eval/{exp.eval.sampler}_nfe{r['nfe']}/{m}"] = v
+                out[f"eval/{ev.sampler}_nfe{r['nfe']}/{m}"] = v
     return out
 
 

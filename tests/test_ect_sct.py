@@ -4,6 +4,8 @@ phased boundary conditions, and exact consistency functions of a point mass."""
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,26 @@ class ExactPointMass(nn.Module):
         c_skip, c_out, c_in, _ = edm_scalings(sigma, SIGMA_D, self.shift)
         x_raw = x / c_in[:, None]
         return a * (jnp.asarray(POINT, x.dtype) - c_skip[:, None] * x_raw) / c_out[:, None]
+
+
+class GaussianDenoiser(nn.Module):
+    """F with D(x, t) = S0^2 / (S0^2 + t^2) x: the exact denoiser of N(0, S0^2 I) data, which
+    depends on x and t (so sampler tests see every coefficient)."""
+
+    @nn.compact
+    def __call__(self, x, t, y=None, d=None, train=False):
+        sigma = jnp.exp(4.0 * t)
+        c_skip, c_out, c_in, _ = edm_scalings(sigma, SIGMA_D)
+        x_raw = x / c_in[:, None]
+        D = (S0**2 / (S0**2 + sigma**2))[:, None] * x_raw
+        return (D - c_skip[:, None] * x_raw) / c_out[:, None]
+
+
+S0 = 0.7
+
+
+def gauss_D(x, t):
+    return S0**2 / (S0**2 + t**2) * x
 
 
 class Wiggly(nn.Module):
@@ -113,9 +135,13 @@ def test_mapping_function_reproduces_the_stage_table(offset):
         for it in (stage * 25_000, stage * 25_000 + 24_999):
             got = mapping_ratio(jnp.asarray(t), it, q=2.0, d=25_000, k=8.0, b=1.0, offset=offset, smooth=False)
             np.testing.assert_allclose(np.asarray(got), expected, atol=1e-6)
-    # Hand values: n(0) = 5, n(80) = 1 (to 1e-34).
+    # Hand values: n(0) = 5, n(80) = 1 (to 1e-34): at t = 80, r / t = 1 - 2^-(stage + offset).
     table = mapping_ratio(jnp.asarray([0.0, 80.0]), 50_000, q=2.0, d=25_000, k=8.0, b=1.0, offset=1, smooth=False)
     np.testing.assert_allclose(np.asarray(table), [1 - 5 / 8, 1 - 1 / 8], atol=1e-6)
+    far = [float(mapping_ratio(jnp.asarray(80.0), s * 25_000, q=2.0, d=25_000, k=8.0, b=1.0, offset=offset,
+                               smooth=False)) for s in range(8)]  # fmt: skip
+    hand = [0.5, 0.75, 0.875, 0.9375, 0.96875, 0.984375, 0.9921875, 0.99609375]
+    np.testing.assert_allclose(far, hand if offset == 1 else [0.0] + hand[:7], atol=1e-6)
     if offset == 0:  # the paper's stage 0 is diffusion training: r = 0 everywhere
         zero = mapping_ratio(jnp.asarray(t), 0, q=2.0, d=25_000, k=8.0, b=1.0, offset=0, smooth=False)
         assert np.all(np.asarray(zero) == 0)
@@ -139,6 +165,34 @@ def test_pseudo_huber_and_its_gradient_at_zero():
     np.testing.assert_allclose(np.asarray(pseudo_huber(d, 0.06)), np.sqrt(np.asarray(d) + 0.0036) - 0.06, rtol=1e-5)
     g = jax.grad(lambda v: pseudo_huber(jnp.sum(v**2)[None], 0.0)[0])(jnp.zeros(3))
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_ect_loss_by_hand_with_dropout():
+    """A later stage (r > 0): L = mean_i ||f(x_t) - SG f(x_r)|| / (t - r), both passes with the
+    ONLINE weights (not the EMA passed alongside) and the SAME dropout mask."""
+    net = models.build(
+        ml_collections.ConfigDict(dict(name="mlp", hidden=32, depth=2, emb_dim=16, dropout=0.3)),
+        data_shape=(4,),
+        num_classes=0,
+    )
+    method = build("ect", net)
+    params = init(method)
+    params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.key(20), p.shape), params)
+    ema = jax.tree.map(lambda p: p + 0.5, params)
+    x0 = jax.random.normal(jax.random.key(21), (16, 4))
+    rng, step = jax.random.key(22), 60_000  # stage 2: r / t = 1 - n(t) / 8
+    loss, _ = method.loss(params, ema, {"x": x0}, rng, jnp.asarray(step))
+    k_t, k_e, k_drop, _ = jax.random.split(rng, 4)
+    t = method.log_normal_time(k_t, 16)
+    r = t * np.maximum(0.0, 1 - (1 + 8 / (1 + np.exp(np.asarray(t)))) / 8)
+    assert np.all(np.asarray(r) > 0)
+    eps = jax.random.normal(k_e, x0.shape)
+    x_t, x_r = x0 + t[:, None] * eps, x0 + r[:, None] * eps
+    D = lambda x, s, key: method.denoise(params["net"], x, s, train=True, dropout_rng=key)  # noqa: E731
+    expected = jnp.mean(jnp.sqrt(jnp.sum((D(x_t, t, k_drop) - D(x_r, r, k_drop)) ** 2, 1)) / (t - r))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=2e-4)
+    other_mask = jnp.mean(jnp.sqrt(jnp.sum((D(x_t, t, k_drop) - D(x_r, r, jax.random.key(0))) ** 2, 1)) / (t - r))
+    assert abs(float(other_mask) - float(expected)) > 1e-3 * float(expected)  # the mask matters
 
 
 def test_ect_in_the_diffusion_stage_regresses_onto_the_clean_data():
@@ -323,14 +377,24 @@ def test_phased_consistency_function_boundary_conditions():
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_phased_sampler_walks_the_edges_to_the_data(eta):
-    method = build("sct", ExactPointMass(), phase_edges=(0.5, 2.0), edge_skip_eta=eta)
-    params = {"net": {"a": jnp.asarray(1.0)}}
+def test_phased_sampler_walks_the_edges(eta):
+    """With an x-dependent denoiser, each step is x <- (s_{m-1}/s_m) x + (1 - s_{m-1}/s_m) D(x, t_q),
+    t_q = s_m (first step) or s_m - eta (s_m - s_{m-1}); and a point mass is reached exactly."""
+    edges = [0.0, 0.5, 2.0, 80.0]
+    method = build("sct", GaussianDenoiser(), phase_edges=(0.5, 2.0), edge_skip_eta=eta)
     assert method.supported_steps == (3,) and method.nfe(3, "euler") == 3
-    x = method.sample(params, jax.random.key(13), num_samples=6, num_steps=3)
+    x = method.sample({"net": {}}, jax.random.key(13), num_samples=6, num_steps=3)
+    ref = 80.0 * np.asarray(jax.random.normal(jax.random.key(13), (6, 4)), np.float64)
+    for m in (3, 2, 1):
+        hi, lo = edges[m], edges[m - 1]
+        t_q = hi if m == 3 else hi - eta * (hi - lo)
+        ref = lo / hi * ref + (1 - lo / hi) * gauss_D(ref, t_q)
+    np.testing.assert_allclose(np.asarray(x), ref, rtol=1e-4, atol=1e-5)
+    point = build("sct", ExactPointMass(), phase_edges=(0.5, 2.0), edge_skip_eta=eta)
+    x = point.sample({"net": {"a": jnp.asarray(1.0)}}, jax.random.key(13), num_samples=6, num_steps=3)
     np.testing.assert_allclose(np.asarray(x), np.tile(POINT, (6, 1)), atol=1e-5)
     with pytest.raises(ValueError, match="cannot sample with 2 steps"):
-        method.sample(params, jax.random.key(13), num_samples=6, num_steps=2)
+        method.sample({"net": {}}, jax.random.key(13), num_samples=6, num_steps=2)
 
 
 def test_ect_sampler_schedule_and_exactness():
@@ -342,6 +406,15 @@ def test_ect_sampler_schedule_and_exactness():
     for k in (1, 2, 4):
         x = method.sample(params, jax.random.key(k), num_samples=4, num_steps=k)
         np.testing.assert_allclose(np.asarray(x), np.tile(POINT, (4, 1)), atol=1e-5)
+    # Re-noising x0 + t_i z_i and denoising at t_i, step by step, with an x-dependent denoiser.
+    gauss = build("ect", GaussianDenoiser())
+    for k in (1, 2, 3):
+        x = gauss.sample({"net": {}}, jax.random.key(30), num_samples=4, num_steps=k)
+        keys = jax.random.split(jax.random.key(30), k)
+        ref = np.zeros((4, 4))
+        for i, t_i in enumerate(gauss.sample_times(k)):
+            ref = gauss_D(ref + t_i * np.asarray(jax.random.normal(keys[i], (4, 4)), np.float64), t_i)
+        np.testing.assert_allclose(np.asarray(x), ref, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="euler"):
         method.nfe(2, "heun")
     with pytest.raises(ValueError, match="guidance is not available"):
@@ -355,13 +428,14 @@ def test_snapshot_guidance():
     params = init(method)
     extra = method.init_extra(params)
     assert method.sampling_inputs(extra) == {}
-    other = jax.tree.map(lambda p: p + 0.1, params)
-    for step in range(4):
-        extra = method.update_extra(extra, batch=point_batch(4), step=jnp.asarray(step), ema_params=other)
+    emas = [jax.tree.map(lambda p, k=k: p + 0.1 * (k + 1), params) for k in range(5)]
+    for step in range(5):  # update `step` (0-based) makes the step count step + 1
+        extra = method.update_extra(extra, batch=point_batch(4), step=jnp.asarray(step), ema_params=emas[step])
         if step == 1:
-            assert int(extra["weak_step"]) == -1
+            assert int(extra["weak_step"]) == -1 and not method.can_guide(method.sampling_inputs(extra))
     assert int(extra["weak_step"]) == 3
     weak = method.sampling_inputs(extra)["weak"]
+    other = emas[2]  # the EMA after the third update, not a later one
     for a, b in zip(jax.tree.leaves(weak), jax.tree.leaves(other["net"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     key, g = jax.random.key(14), 1.7
@@ -429,6 +503,12 @@ def test_ect_tunes_from_an_edm_run(tmp_path):
     train.train_and_evaluate(teacher, str(tmp_path / "edm"))
     config = quiet(load_config("sct_digits"), 2)
     config.train.init_from = str(tmp_path / "edm")
+    exp = train.setup(config, str(tmp_path / "sct"))
+    state, _ = train.restore_or_init(exp)
+    exp.checkpointer.close()
+    _, pretrained = train.load_pretrained(str(tmp_path / "edm"))
+    for a, b in zip(jax.tree.leaves(state.params["net"]), jax.tree.leaves(pretrained)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     summary = train.train_and_evaluate(config, str(tmp_path / "sct"))
     assert summary["status"] == "finished" and summary["end_step"] == 2
 
@@ -445,3 +525,17 @@ def test_sct_models_are_built_from_every_net():
         params = method.init_params(jax.random.key(0), {"x": jnp.zeros((1, *info))})
         loss, _ = method.loss(params, params, {"x": jnp.zeros((4, *info))}, jax.random.key(1), jnp.asarray(0))
         assert np.isfinite(float(loss))
+
+
+def test_guided_training_samples_wait_for_the_snapshot(tmp_path):
+    """eval.guidance != 1 during training: unguided (with a warning) until the snapshot exists."""
+    config = quiet(load_config("sct_digits"), 4)
+    config.method.guide_snapshot_step = 3
+    config.train.sample_every = 2
+    config.eval.guidance = 1.5
+    config.eval.nfes = (1,)
+    config.eval.grid_size = 10
+    summary = train.train_and_evaluate(config, str(tmp_path / "g"))
+    assert summary["status"] == "finished"
+    samples = sorted(os.listdir(tmp_path / "g" / "samples"))
+    assert samples == ["step0000002_euler_nfe1.png", "step0000004_euler_nfe1.png"], samples

@@ -174,6 +174,11 @@ class Method(abc.ABC):
     ) -> jax.Array:
         """Draw samples [num_samples, *shape] in data space."""
 
+    def can_guide(self, params: Params) -> bool:
+        """Whether `sample` can use guidance != 1 with these params (SCT: once its snapshot exists)."""
+        del params
+        return True
+
     @abc.abstractmethod
     def nfe(self, num_steps: int, sampler: str) -> int:
         """Exact number of network evaluations of `sample` (a CFG pair counts as one)."""

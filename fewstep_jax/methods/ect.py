@@ -49,8 +49,8 @@ def mapping_ratio(
     """r / t of ECT's sigmoid mapping function (ECT eq. 9 and Sec. 3.3):
     1 - n(t) / q^e, n(t) = 1 + k sigmoid(-b t), e = offset + (iteration / d if smooth else iteration // d),
     clipped at 0 (r >= 0)."""
-    it = jnp.asarray(iteration, jnp.float32)
-    stage = it / d if smooth else jnp.floor(it / d)
+    it = jnp.asarray(iteration)
+    stage = it.astype(jnp.float32) / d if smooth else (it.astype(jnp.int32) // d).astype(jnp.float32)
     n = 1.0 + k * jax.nn.sigmoid(-b * t)
     return jnp.maximum(0.0, 1.0 - n / jnp.power(q, offset + stage))
 

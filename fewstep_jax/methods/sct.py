@@ -16,7 +16,8 @@ this suite's reading of the paper; each is behind a config flag (README, "Method
    The own sample is always in R_i. Its term is evaluated exactly, from its own noise
    (||x_t,i - x0_i|| = t_i ||eps_i||, and (x_t,i - x0_i) / t_i = eps_i), which avoids the
    cancellation of (x_t - x0) / t at small t; so with |R_i| = 1 (`reference_set='own'`) the
-   target is ECT's bit for bit. Other distances use ||a||^2 - 2 a.b + ||b||^2 with a
+   target is ECT's bit for bit (in eager mode; under jit XLA may fuse the two graphs
+   differently, at the level of float32 rounding). Other distances use ||a||^2 - 2 a.b + ||b||^2 with a
    full-precision matmul. Where r = 0 the target is x0_hat (INTERPRETATION).
 2. Smoother schedule (sec. 4.2, INTERPRETATION): r = max(0, t (1 - n(t) / q^(1 + iteration / d)))
    (`mapping='smooth'`, the default here), with iCT's 1 / (t - r) weighting.
@@ -25,7 +26,9 @@ this suite's reading of the paper; each is behind a config flag (README, "Method
    map to its lower edge, f(x_t, t) = (s/t) x_t + (1 - s/t) D(x_t, t) with s = s_{m-1} (a DDIM
    step), with r = max(s, r(t)) and target x_r itself where r = s. Sampling walks the M edges.
    Edge skipping (INTERPRETATION): after the jump to edge s_m the network is queried at
-   s_m - eta (s_m - s_{m-1}) instead of at s_m (`edge_skip_eta`; 0 = plain phased sampling).
+   s_m - eta (s_m - s_{m-1}) instead of at s_m, where a phased model is discontinuous, and its
+   denoised estimate takes the DDIM step from s_m to s_{m-1} (`edge_skip_eta`; 0 = plain phased
+   sampling).
 4. Guidance from an earlier snapshot of the same model (sec. 4.4, autoguidance style,
    INTERPRETATION): the first EMA is copied into the train state after `guide_snapshot_step`
    optimizer steps, and sampling with guidance g uses D_weak + g (D - D_weak) in every step,
@@ -64,7 +67,8 @@ def score_identity_eps(
       weights [B, 1 + R] (column 0: own sample).
     """
     b = x_t.shape[0]
-    xt, e, rf = x_t.reshape(b, -1), eps.reshape(b, -1), refs.reshape(refs.shape[0], -1)
+    dim = int(np.prod(x_t.shape[1:]))
+    xt, e, rf = x_t.reshape(b, dim), eps.reshape(b, dim), refs.reshape(refs.shape[0], dim)
     hi = jax.lax.Precision.HIGHEST  # the default TPU matmul precision would swamp small distances
     sq = jnp.sum(xt**2, 1)[:, None] - 2.0 * jnp.matmul(xt, rf.T, precision=hi) + jnp.sum(rf**2, 1)[None, :]
     logits = -jnp.maximum(sq, 0.0) / (2.0 * t[:, None] ** 2)
@@ -72,7 +76,8 @@ def score_identity_eps(
     logits = jnp.concatenate([own, jnp.where(ref_mask, logits, -jnp.inf)], axis=1)
     w = jax.nn.softmax(logits, axis=1)
     w_own, w_ref = w[:, :1], w[:, 1:]
-    others = ((1.0 - w_own) * xt - jnp.matmul(w_ref, rf, precision=hi)) / t[:, None]
+    w_other = jnp.sum(w_ref, axis=1, keepdims=True)  # = 1 - w_own, without its cancellation
+    others = (w_other * xt - jnp.matmul(w_ref, rf, precision=hi)) / t[:, None]
     return (w_own * e + others).reshape(x_t.shape), w
 
 
@@ -167,8 +172,8 @@ class SCT(ECT):
         n = x0.shape[0]
         y0 = jnp.zeros((n,), jnp.int32) if y0 is None else y0.astype(jnp.int32)
         refs, ref_y, valid = x0, y0, ~jnp.eye(n, dtype=bool)  # the batch, without the own row
-        if c.reference_set == "own":
-            valid = jnp.zeros((n, n), bool)
+        if c.reference_set == "own":  # no other reference: the estimator returns eps itself
+            refs, ref_y, valid = x0[:0], y0[:0], jnp.zeros((n, 0), bool)
         elif c.reference_bank:
             refs = jnp.concatenate([refs, extra["bank_x"].astype(x0.dtype)])
             ref_y = jnp.concatenate([ref_y, extra["bank_y"]])
@@ -184,6 +189,9 @@ class SCT(ECT):
         return eps_hat, metrics
 
     # -- sampling ---------------------------------------------------------------
+    def can_guide(self, params):
+        return "weak" in params
+
     def check_guidance(self, guidance, params):
         if guidance != 1.0 and "weak" not in params:
             raise ValueError(
@@ -203,9 +211,9 @@ class SCT(ECT):
         return guided
 
     def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
-        """Unphased: ECT's multistep sampler. Phased: deterministic walk over the M edges,
-        x <- (s/t_q) x + (1 - s/t_q) D(x, t_q), with t_q the edge itself for the first step and
-        s_m - eta (s_m - s_{m-1}) after (edge skipping)."""
+        """Unphased: ECT's multistep sampler. Phased: deterministic walk over the M edges, from
+        x at s_m to s_{m-1}: x <- (s_{m-1}/s_m) x + (1 - s_{m-1}/s_m) D(x, t_q), with t_q = s_m
+        for the first step and s_m - eta (s_m - s_{m-1}) after it (edge skipping)."""
         if not self.cfg.phase_edges:
             return super().sample(
                 params, rng, num_samples=num_samples, labels=labels, num_steps=num_steps, sampler=sampler,
@@ -221,6 +229,6 @@ class SCT(ECT):
         for m in range(len(edges) - 1, 0, -1):
             hi, lo = edges[m], edges[m - 1]
             t_q = hi if m == len(edges) - 1 else hi - eta * (hi - lo)
-            ratio = np.float32(lo / t_q)
+            ratio = np.float32(lo / hi)
             x = ratio * x + (1.0 - ratio) * D(x, jnp.full((num_samples,), t_q, jnp.float32), y)
         return x

@@ -28,5 +28,6 @@ def get_config(arg: str | None = None):
     if variant == "phased":
         # Edges on EDM's rho = 7 grid of 5 levels in [0.002, 80] (our choice).
         c.method.phase_edges = (0.17, 2.52, 17.5)
+        c.method.edge_skip_eta = 0.0
         c.eval.nfes = (4,)
     return c

@@ -1,5 +1,5 @@
 """SCT (Stable Consistency Tuning, Wang, Geng, Li 2024) on sklearn digits: the embedded
-counterpart of the headline configs/sct_cifar.py, and what `make demo` trains.
+counterpart of the headline configs/sct_cifar.py; `make demo` trains its `:scratch` variant.
 
 ECT's digits recipe (configs/ect_digits.py: same EDM model to tune from, network, optimizer and
 1,200-step budget) plus SCT's changes (methods/sct.py): the variance-reduced target from the
@@ -15,7 +15,8 @@ Variants:
   `:uncond`  no labels (tunes runs/edm_digits_uncond);
   `:phased`  4 phases with edges (0, 0.2, 0.8, 3.2, 80) and 4-step edge walking (our choice of
              edges: the paper does not publish its own);
-  `:scratch` no pretrained model: the paper's q^stage mapping, whose stage 0 is diffusion;
+  `:scratch` no pretrained model: the paper's q^stage mapping, whose stage 0 is diffusion
+             (one self-contained run: `make demo`);
   `:smoke`   from scratch, seconds on a CPU.
 """
 
@@ -31,6 +32,7 @@ def get_config(arg: str | None = None):
     c.method.guide_snapshot_step = c.train.num_steps // 2
     if variant == "phased":
         c.method.phase_edges = (0.2, 0.8, 3.2)
+        c.method.edge_skip_eta = 0.0  # the edge-skipping sampler: --config.method.edge_skip_eta=0.25
         c.eval.nfes = (4,)
     if variant == "smoke":
         c.method.guide_snapshot_step = 20

@@ -10,8 +10,6 @@ c = 1e-3); the toy data is unconditional, so no label dropout and no guidance.
 Variants: `:smoke` (seconds on a CPU).
 """
 
-import ml_collections
-
 from fewstep_jax import config_lib
 
 
@@ -19,21 +17,7 @@ def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "flow_toy2d", arg)
     c.model.use_d = True
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="meanflow",
-            t_sampling="logit_normal",
-            t_logit_mean=-0.6,
-            t_logit_std=1.6,
-            r_logit_mean=-4.0,
-            r_logit_std=1.6,
-            tr_order="clamp_r",
-            ratio_r_neq_t=0.75,
-            label_dropout=0.0,
-            adaptive_p=0.75,
-            adaptive_c=1e-3,
-        )
-    )
+    c.method = config_lib.load_sibling(__file__, "meanflow_cifar").method  # the official CIFAR-10 recipe
     c.eval.nfes = (1, 2, 4, 8)
     if variant == "smoke":
         c.eval.nfes = (1, 2)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import tempfile
 
+import flax.linen as nn
+import jax.numpy as jnp
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +46,26 @@ def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 600) -
         text=True,
         timeout=timeout,
     )
+
+
+class CallLog:
+    """The (t, d) of every network call a Recorder saw (eager sampling only)."""
+
+    def __init__(self):
+        self.calls: list[tuple[float, float]] = []
+
+
+class Recorder(nn.Module):
+    """A network that outputs zeros and logs the time and `d` inputs of each call."""
+
+    num_classes: int = 0
+    use_d: bool = True
+    log: CallLog = None  # type: ignore[assignment]
+
+    @nn.compact
+    def __call__(self, x, t, y=None, d=None, train=False):
+        self.log.calls.append((float(t[0]), float(d[0])))
+        return jnp.zeros_like(x)
 
 
 @pytest.fixture

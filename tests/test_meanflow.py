@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import CallLog, Recorder
 
 from fewstep_jax import methods, models
 from fewstep_jax.data import DatasetInfo
@@ -368,22 +369,6 @@ def test_k_step_sampler_with_the_exact_u_lands_on_the_data_distribution(steps, s
 
 # ---------------------------------------------------------------------------
 # Sampling schedule, NFE, errors
-
-
-class CallLog:
-    def __init__(self):
-        self.calls: list[tuple[float, float]] = []
-
-
-class Recorder(nn.Module):
-    num_classes: int = 0
-    use_d: bool = True
-    log: CallLog = None  # type: ignore[assignment]
-
-    @nn.compact
-    def __call__(self, x, t, y=None, d=None, train=False):
-        self.log.calls.append((float(t[0]), float(d[0])))
-        return jnp.zeros_like(x)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import CallLog, Recorder
 
 from fewstep_jax import methods
 from fewstep_jax.data import DatasetInfo
@@ -96,22 +97,6 @@ def test_every_level_gets_rows_and_small_batches_are_refused():
     assert build(LinearVelocity(), bootstrap_every=8).split_rows(128) == (16, 112)
     with pytest.raises(ValueError, match="cannot cover the 7 step-size levels; use a batch of at least 28"):
         method.bootstrap_levels(6)
-
-
-class CallLog:
-    def __init__(self):
-        self.calls: list[tuple[float, float]] = []
-
-
-class Recorder(nn.Module):
-    num_classes: int = 0
-    use_d: bool = True
-    log: CallLog = None  # type: ignore[assignment]
-
-    @nn.compact
-    def __call__(self, x, t, y=None, d=None, train=False):
-        self.log.calls.append((float(t[0]), float(d[0])))
-        return jnp.zeros_like(x)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 128])

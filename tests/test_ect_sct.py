@@ -470,7 +470,7 @@ def test_bad_sct_config_is_rejected(cfg, message):
 
 
 def test_sct_trains_with_bank_and_snapshot_and_resumes_exactly(tmp_path):
-    config = quiet(load_config("sct_digits"), 12)
+    config = quiet(load_config("sct_toy2d"), 12)  # the small MLP: compiles in seconds
     config.method.reference_bank = 64
     config.method.guide_snapshot_step = 6
     config.train.checkpoint_every = 100
@@ -490,18 +490,23 @@ def test_sct_trains_with_bank_and_snapshot_and_resumes_exactly(tmp_path):
 
 
 def test_init_from_refuses_a_different_parameterization(tmp_path):
-    teacher = quiet(load_config("trigflow_digits"), 2)
-    train.train_and_evaluate(teacher, str(tmp_path / "trigflow"))
     config = quiet(load_config("ect_digits"), 2)
-    config.train.init_from = str(tmp_path / "trigflow")
+    config.train.init_from = "runs/some_teacher"
+    exp = train.setup(config, str(tmp_path / "ect"))
+    exp.checkpointer.close()
     with pytest.raises(ValueError, match="'trigflow' run .*'ect' needs a edm one"):
-        train.train_and_evaluate(config, str(tmp_path / "ect"))
+        train.check_pretrained_method(exp, load_config("trigflow_digits"))
+    other_sigma = load_config("edm_digits")
+    other_sigma.method.sigma_d = 1.0
+    with pytest.raises(ValueError, match="sigma_d=1.0, this config uses method.sigma_d=0.5"):
+        train.check_pretrained_method(exp, other_sigma)
+    train.check_pretrained_method(exp, load_config("edm_digits"))  # the right kind passes
 
 
 def test_ect_tunes_from_an_edm_run(tmp_path):
-    teacher = quiet(load_config("edm_digits"), 3)
+    teacher = quiet(load_config("edm_toy2d"), 3)
     train.train_and_evaluate(teacher, str(tmp_path / "edm"))
-    config = quiet(load_config("sct_digits"), 2)
+    config = quiet(load_config("sct_toy2d"), 2)
     config.train.init_from = str(tmp_path / "edm")
     exp = train.setup(config, str(tmp_path / "sct"))
     state, _ = train.restore_or_init(exp)
@@ -509,8 +514,6 @@ def test_ect_tunes_from_an_edm_run(tmp_path):
     _, pretrained = train.load_pretrained(str(tmp_path / "edm"))
     for a, b in zip(jax.tree.leaves(state.params["net"]), jax.tree.leaves(pretrained)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    summary = train.train_and_evaluate(config, str(tmp_path / "sct"))
-    assert summary["status"] == "finished" and summary["end_step"] == 2
 
 
 def test_sct_models_are_built_from_every_net():
@@ -522,14 +525,14 @@ def test_sct_models_are_built_from_every_net():
     ):
         net = models.build(ml_collections.ConfigDict(model), data_shape=info, num_classes=0)
         method = methods.build(ml_collections.ConfigDict(dict(name="sct")), net, DatasetInfo("v", info, 0, 0.5))
-        params = method.init_params(jax.random.key(0), {"x": jnp.zeros((1, *info))})
-        loss, _ = method.loss(params, params, {"x": jnp.zeros((4, *info))}, jax.random.key(1), jnp.asarray(0))
-        assert np.isfinite(float(loss))
+        params = jax.jit(lambda k, m=method: m.init_params(k, {"x": jnp.zeros((1, *info))}))(jax.random.key(0))
+        loss = jax.jit(lambda p, m=method: m.loss(p, p, {"x": jnp.zeros((4, *info))}, jax.random.key(1), 0)[0])
+        assert np.isfinite(float(loss(params)))
 
 
 def test_guided_training_samples_wait_for_the_snapshot(tmp_path):
     """eval.guidance != 1 during training: unguided (with a warning) until the snapshot exists."""
-    config = quiet(load_config("sct_digits"), 4)
+    config = quiet(load_config("sct_toy2d"), 4)
     config.method.guide_snapshot_step = 3
     config.train.sample_every = 2
     config.eval.guidance = 1.5

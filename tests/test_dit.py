@@ -1,5 +1,6 @@
-"""Tests for the DiT network (DiT, Peebles & Xie 2023): published sizes, adaLN-Zero init,
-conditioning, dropout, batch independence, patchify layout, jvp vs finite differences, validation."""
+"""Tests for the DiT network (DiT, Peebles & Xie 2023): published sizes, adaLN-Zero init, patchify
+layout, validation. Conditioning, dropout, batch independence, gradients and jvp vs finite
+differences are the interface tests every network shares, in test_models.py."""
 
 from __future__ import annotations
 
@@ -9,41 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
-from ml_collections import ConfigDict
+from test_models import DIT_TINY, NUM_CLASSES, CondNet, _build, _inputs, _jit, _key, _perturb
 
 from fewstep_jax import models
 from fewstep_jax.models import dit
-
-NUM_CLASSES = 3
-DIT_TINY = dict(name="dit", hidden=64, depth=2, num_heads=4, patch=2)
-
-# Compile-time savers (as in test_models): 'rbg' keys compile initializers quickly, and LLVM
-# backend optimizations change nothing about the HLO-level numerics these tests check.
-_jit = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def _key(seed: int) -> jax.Array:
-    return jax.random.key(seed, impl="rbg")
-
-
-def _build(cfg: dict, data_shape, num_classes: int = 0, **overrides):
-    return models.build(ConfigDict({**cfg, **overrides}), data_shape=data_shape, num_classes=num_classes)
-
-
-def _perturb(params, seed: int, scale: float = 0.2):
-    """params + N(0, scale^2) on every leaf (host-side noise, one compilation), so the zero-init
-    adaLN-Zero modulations and output layer no longer hide any dependency."""
-    flat, unravel = ravel_pytree(params)
-    noise = np.random.default_rng(seed).standard_normal(flat.shape).astype(flat.dtype)
-    return _jit(lambda f, n: unravel(f + scale * n))(flat, noise)
-
-
-def _inputs(data_shape, batch: int, seed: int, dtype=jnp.float32):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((batch, *data_shape)), dtype)
-    t = jnp.asarray(rng.uniform(0.1, 1.5, (batch,)), dtype)
-    return x, t
 
 
 def _param_shapes(net, data_shape, **kwargs):
@@ -94,117 +64,18 @@ def test_param_count_matches_published_size(size, published, hidden, depth, exac
 
 
 # --------------------------------------------------------------------------------------------
-# A tiny, class-conditional, use_d DiT with dropout on two image shapes.
+# adaLN-Zero. The interface properties every network shares (zero output when fresh,
+# conditioning, dropout, batch independence, gradients, jvp vs float64 finite differences) are
+# tested for the DiT at 8x8x1 and 16x16x3 in test_models.py.
 
 
-class CondDiT:
-    """Fresh and perturbed params of a tiny DiT plus one jitted apply reused by every test."""
-
-    def __init__(self, data_shape):
-        self.data_shape = data_shape
-        self.net = _build(DIT_TINY, data_shape, num_classes=NUM_CLASSES, use_d=True, dropout=0.3)
-        x, t = _inputs(data_shape, 3, 0)
-        self.fresh = _jit(self.net.init)(_key(0), x, t)["params"]
-        # 0.1, not 0.2: the perturbed adaLN modulations act on a label embedding of unit scale, and
-        # at 0.2 the net is so curved (outputs ~20) that the float64 central difference itself is
-        # off by ~1e-6 (error scaling as eps^2); at 0.1 it is ~1e-10 with the same eps.
-        self.params = _perturb(self.fresh, seed=1, scale=0.1)
-        self._apply = _jit(self.net.apply, static_argnames="train")
-
-    def __call__(self, x, t, y, d, *, train=False, seed=0, params=None):
-        variables = {"params": self.params if params is None else params}
-        return self._apply(variables, x, t, y, d, train=train, rngs={"dropout": _key(100 + seed)})
-
-
-@pytest.fixture(scope="module", params=[(8, 8, 1), (16, 16, 3)], ids=["8x8x1", "16x16x3"])
-def cond_dit(request) -> CondDiT:
-    return CondDiT(request.param)
-
-
-def test_fresh_output_is_exactly_zero(cond_dit):
-    """adaLN-Zero gates and the zero-init final Dense: the untrained DiT outputs exactly 0."""
-    x, t = _inputs(cond_dit.data_shape, 3, 2)
-    y = jnp.array([0, 1, NUM_CLASSES], jnp.int32)
-    out = cond_dit(x, t, y, t / 2, params=cond_dit.fresh)
-    assert out.shape == x.shape and out.dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(out), 0.0)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(cond_dit.fresh))
-    # Zero-initialized: every block's modulation and the final layer; nothing else.
+def test_adaln_zero_init():
+    """Zero-initialized: every block's modulation and the final layer; nothing else."""
+    fresh = CondNet(DIT_TINY, (8, 8, 1)).fresh
     for name in ["block_0", "block_1"]:
-        np.testing.assert_array_equal(cond_dit.fresh[name]["adaLN_modulation"]["kernel"], 0.0)
-        assert float(jnp.abs(cond_dit.fresh[name]["qkv"]["kernel"]).max()) > 0
-    np.testing.assert_array_equal(cond_dit.fresh["final_linear"]["kernel"], 0.0)
-
-
-def test_output_depends_on_t_y_and_d(cond_dit):
-    batch = 3
-    x, t = _inputs(cond_dit.data_shape, batch, 6)
-    y = jnp.array([0, 1, 2], jnp.int32)
-    d = jnp.full((batch,), 0.25)
-    base = cond_dit(x, t, y, d)
-    assert bool(jnp.all(jnp.isfinite(base)))
-
-    def differs(other):  # every example must change
-        diff = jnp.abs(other - base).reshape(batch, -1).max(axis=1)
-        return bool(jnp.all(diff > 1e-4))
-
-    assert differs(cond_dit(x, t + 0.3, y, d)), "output does not depend on t"
-    assert differs(cond_dit(x, t, jnp.full((batch,), NUM_CLASSES, jnp.int32), d)), "label vs null"
-    assert differs(cond_dit(x, t, (y + 1) % NUM_CLASSES, d)), "output does not depend on y"
-    assert differs(cond_dit(x, t, y, d + 0.5)), "output does not depend on d"
-    assert differs(cond_dit(x + 0.5, t, y, d)), "output does not depend on x"
-
-
-def test_y_none_is_null_class_and_d_none_is_zero(cond_dit):
-    """Also eval mode of a dropout network without any rng, as samplers call it."""
-    x, t = _inputs(cond_dit.data_shape, 3, 7)
-    null = jnp.full((3,), NUM_CLASSES, jnp.int32)
-    implicit = _jit(cond_dit.net.apply)({"params": cond_dit.params}, x, t)
-    np.testing.assert_array_equal(implicit, cond_dit(x, t, null, jnp.zeros(3)))
-
-
-def test_dropout_only_in_train_and_keyed(cond_dit):
-    x, t = _inputs(cond_dit.data_shape, 3, 8)
-    y = jnp.array([0, 1, NUM_CLASSES], jnp.int32)
-    d = jnp.zeros(3)
-    eval_a = cond_dit(x, t, y, d, train=False, seed=1)
-    np.testing.assert_array_equal(eval_a, cond_dit(x, t, y, d, train=False, seed=2))
-    train_a = cond_dit(x, t, y, d, train=True, seed=1)
-    np.testing.assert_array_equal(train_a, cond_dit(x, t, y, d, train=True, seed=1))
-    train_b = cond_dit(x, t, y, d, train=True, seed=2)
-    assert float(jnp.abs(train_a - train_b).max()) > 1e-4
-    assert float(jnp.abs(train_a - eval_a).max()) > 1e-4
-
-
-def test_batch_independence(cond_dit):
-    """LayerNorm is per token and attention stays within an example: example i ignores the rest."""
-    x, t = _inputs(cond_dit.data_shape, 3, 9)
-    y = jnp.array([0, 1, 2], jnp.int32)
-    d = jnp.array([0.0, 0.1, 0.2])
-    full = cond_dit(x, t, y, d)
-    others = cond_dit(x.at[1:].multiply(10.0), t.at[1:].set(0.01), y.at[1:].set(NUM_CLASSES), d)
-    # Tolerance: float32 roundoff relative to the output scale (a batch of 3 and a batch of 1 are
-    # different XLA programs; measured ~5e-7 of the scale on CPU); a real cross-example dependency
-    # would be of the output's own size.
-    atol = 1e-5 * float(jnp.abs(full).max())
-    np.testing.assert_allclose(others[0], full[0], rtol=1e-5, atol=atol)
-    single = _jit(cond_dit.net.apply)({"params": cond_dit.params}, x[1:2], t[1:2], y[1:2], d[1:2])
-    np.testing.assert_allclose(full[1:2], single, rtol=1e-5, atol=atol)
-
-
-def test_grad_reaches_every_parameter(cond_dit):
-    """jax.grad through the whole network; with perturbed params no parameter is dead."""
-    x, t = _inputs(cond_dit.data_shape, 3, 10)
-    y = jnp.array([0, 1, 2], jnp.int32)
-
-    def loss(params):
-        return jnp.mean(cond_dit.net.apply({"params": params}, x, t, y, t / 2) ** 2)
-
-    value, grads = _jit(jax.value_and_grad(loss))(cond_dit.params)
-    assert np.isfinite(float(value))
-    dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
-            if not float(jnp.abs(g).max()) > 0]
-    assert dead == [], dead
+        np.testing.assert_array_equal(fresh[name]["adaLN_modulation"]["kernel"], 0.0)
+        assert float(jnp.abs(fresh[name]["qkv"]["kernel"]).max()) > 0
+    np.testing.assert_array_equal(fresh["final_linear"]["kernel"], 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,40 +129,6 @@ def test_bfloat16_compute_returns_float32():
 
 # --------------------------------------------------------------------------------------------
 # Forward-mode AD (sCM / MeanFlow differentiate the network with jax.jvp w.r.t. (x, t)).
-
-
-def test_jvp_matches_central_difference_float64(cond_dit):
-    """jax.jvp w.r.t. (x, t) through attention, LayerNorm and adaLN equals a float64 central
-    difference (relative L2 error < 1e-6)."""
-    data_shape = cond_dit.data_shape
-    with jax.enable_x64(True):
-        net = _build(DIT_TINY, data_shape, num_classes=NUM_CLASSES, use_d=True, dtype="float64")
-        x, t = _inputs(data_shape, 2, 11, jnp.float64)
-        vx, vt = _inputs(data_shape, 2, 12, jnp.float64)
-        y = jnp.array([1, NUM_CLASSES], jnp.int32)
-        d = jnp.array([0.3, 0.7])
-        eps = 1e-5
-
-        @_jit
-        def tangent_and_difference(params, x, t, vx, vt):
-            params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-
-            def f(xx, tt, yy, dd):
-                return net.apply({"params": params}, xx, tt, yy, dd)
-
-            out, tangent = jax.jvp(lambda a, b: f(a, b, y, d), (x, t), (vx, vt))
-            both = f(jnp.concatenate([x + eps * vx, x - eps * vx]),
-                     jnp.concatenate([t + eps * vt, t - eps * vt]),
-                     jnp.concatenate([y, y]), jnp.concatenate([d, d]))
-            return out, tangent, (both[:2] - both[2:]) / (2 * eps)
-
-        out, tangent, fd = tangent_and_difference(cond_dit.params, x, t, vx, vt)
-        assert out.dtype == jnp.float64 and tangent.dtype == jnp.float64 and tangent.shape == x.shape
-        norm = float(jnp.linalg.norm(tangent))
-        assert norm > 0
-        rel = float(jnp.linalg.norm(tangent - fd)) / norm
-        print(f"jvp vs central difference, {data_shape}: relative error {rel:.2e}")
-        assert rel < 1e-6, rel
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
             use_ema=True,  # sample with the first EMA
             batch_size=500,
             checkpoint_step=0,  # --mode=sample / eval: the checkpoint to use (0 = the latest)
+            # FID / IS on image datasets (metrics/fid.py); ignored for toy2d and digits.
+            fid_weights="",  # Inception weights: a path, a URL (downloaded once), or '' (the cached file)
+            fid_stats="",  # reference statistics .npz; '' = computed once from the train split, cached
+            fid_resize="tf1",  # resize to 299: 'tf1' (TF FID, EDM) or 'pytorch' (pytorch-fid)
+            fid_batch_size=250,  # images per Inception batch (rounded up to the device count)
         )
     )
 
@@ -247,6 +252,10 @@ class EvalConfig:
     use_ema: bool = True
     batch_size: int = 500
     checkpoint_step: int = 0
+    fid_weights: str = ""
+    fid_stats: str = ""
+    fid_resize: str = "tf1"
+    fid_batch_size: int = 250
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +298,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(f"unknown sampler {ev.sampler!r}; known: {', '.join(SAMPLERS)}")
     if any(int(n) < 1 for n in ev.nfes):
         raise ValueError(f"eval.nfes must be positive step counts, got {ev.nfes}")
+    if ev.fid_resize not in ("tf1", "pytorch"):
+        raise ValueError(f"eval.fid_resize must be 'tf1' or 'pytorch', got {ev.fid_resize!r}")
+    if ev.fid_batch_size < 1 or ev.batch_size < 1:
+        raise ValueError("eval.batch_size and eval.fid_batch_size must be positive")
     if train.num_steps < 1 or train.batch_size < 1:
         raise ValueError("train.num_steps and train.batch_size must be positive")
     if not (train.ema_decays or train.ema_halflives) and ev.use_ema:

@@ -5,22 +5,36 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from fewstep_jax.config_lib import EvalConfig
 
+PROGRESS_SECONDS = 30.0
+
 
 class SampleFns:
-    """Compiled sampling functions, one per (batch, steps, sampler, guidance)."""
+    """Compiled sampling functions, one per (batch, steps, sampler, guidance).
 
-    def __init__(self, method):
+    With a batch `sharding` (train.py passes the mesh's), the samples and labels are split over
+    its devices along the batch axis, so large evaluations (FID-50k) use every device; batches
+    are then padded to a multiple of the device count.
+    """
+
+    def __init__(self, method, sharding: jax.sharding.NamedSharding | None = None):
         self.method = method
+        self.sharding = sharding
         self.cache: dict[tuple, Callable] = {}
+
+    @property
+    def num_shards(self) -> int:
+        return 1 if self.sharding is None else self.sharding.mesh.size
 
     def __call__(self, params, rng, *, labels, num_samples, num_steps, sampler, guidance):
         """Samples from `params` ({'net': ..., plus the method's sampling inputs})."""
@@ -39,7 +53,10 @@ class SampleFns:
                     guidance=guidance,
                 )
 
-            self.cache[key] = jax.jit(fn)
+            out = None if self.sharding is None else self.sharding
+            self.cache[key] = jax.jit(fn, out_shardings=out)
+        if labels is not None and self.sharding is not None:
+            labels = jax.device_put(labels, self.sharding)
         return self.cache[key](params, rng, labels)
 
 
@@ -60,8 +77,11 @@ def generate(
     guidance: float,
     batch_size: int,
 ) -> np.ndarray:
-    """n samples in batches of at most batch_size (last batch padded, then cut)."""
+    """n samples in batches of at most batch_size (last batch padded, then cut); batch_size is
+    rounded up to a multiple of the sampler's shard count. Logs progress on long runs."""
+    batch_size = -(-batch_size // sample_fns.num_shards) * sample_fns.num_shards
     out = []
+    start_time = last_log = time.perf_counter()
     for i, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
         lab = None
@@ -76,7 +96,14 @@ def generate(
             sampler=sampler,
             guidance=guidance,
         )
+        if not x.is_fully_addressable:  # multi-process: every process gets the whole batch
+            x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(jax.device_get(x))[:size])
+        if time.perf_counter() - last_log > PROGRESS_SECONDS and start + size < n:
+            done, elapsed = start + size, time.perf_counter() - start_time
+            logging.info("sampling %d steps: %d / %d (%.0f samples/s, ETA %.0f s)",
+                         num_steps, done, n, done / elapsed, (n - done) * elapsed / done)
+            last_log = time.perf_counter()
     return np.concatenate(out)
 
 
@@ -230,7 +257,9 @@ def write_report(rows: list[dict], floor: dict, *, primary: str, out_dir: str, t
     lines.append("|" + "---|" * (2 + len(metrics)))
     for r in rows:
         lines.append(f"| {r['steps']} | {r['nfe']} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |")
-    lines.append("| real data (floor) | - | " + " | ".join(f"{floor.get(m, float('nan')):.4g}" for m in metrics) + " |")
+    if floor:
+        values = " | ".join(f"{floor.get(m, float('nan')):.4g}" for m in metrics)
+        lines.append(f"| real data (floor) | - | {values} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
             train.sample_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
         else:
             print(train.eval_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change))
-    except (ValueError, checkpoint.CheckpointError, train.NonFiniteError) as e:
+    except (ValueError, FileNotFoundError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

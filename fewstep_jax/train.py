@@ -412,6 +412,8 @@ def train_and_evaluate(
     evaluation written again.
     """
     exp = setup(config, workdir)
+    if exp.train.eval_every:
+        metrics_lib.check_available(config.data, exp.eval)  # e.g. FID weights: fail before training
     if exp.is_main:
         os.makedirs(workdir, exist_ok=True)
     try:
@@ -441,7 +443,7 @@ def train_and_evaluate(
 
     writer = writers_lib.MetricWriter(workdir, enabled=exp.is_main)
     train_step = make_train_step(exp)
-    sample_fns = eval_lib.SampleFns(exp.method)
+    sample_fns = eval_lib.SampleFns(exp.method, exp.batch_sharding)
     evaluator = None
     summary: dict[str, Any] = {"start_step": step, "status": "running"}
     progress = writers_lib.Progress(step, total)
@@ -479,7 +481,7 @@ def train_and_evaluate(
                     write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
                 if exp.train.eval_every and (step % exp.train.eval_every == 0 or last):
                     if evaluator is None:
-                        evaluator = metrics_lib.build_evaluator(config.data)
+                        evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
                         summary["floor"] = evaluator.floor()
                         writer.write_scalars(step, {f"floor/{k}": v for k, v in summary["floor"].items()})
                     results = run_eval(exp, sample_fns, evaluator, state, step)
@@ -501,7 +503,7 @@ def train_and_evaluate(
     if start_step >= total:
         logging.info("the workdir is already trained to step %d: writing samples and metrics only", total)
         write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
-        evaluator = metrics_lib.build_evaluator(config.data)
+        evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
         summary["floor"] = evaluator.floor()
         summary["eval"] = run_eval(exp, sample_fns, evaluator, state, step)
     elapsed = time.perf_counter() - t_start
@@ -544,7 +546,7 @@ def load_for_inference(
 def sample_mode(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> list[str]:
     """Write sample grids for every eval.nfes step count from the latest checkpoint."""
     exp, state, step = load_for_inference(config, workdir, allow_config_change=allow_config_change)
-    write_samples(exp, eval_lib.SampleFns(exp.method), state, step, tag=f"final{step:07d}")
+    write_samples(exp, eval_lib.SampleFns(exp.method, exp.batch_sharding), state, step, tag=f"final{step:07d}")
     exp.checkpointer.close()
     out = os.path.join(workdir, "samples")
     logging.info("samples written to %s", out)
@@ -553,13 +555,14 @@ def sample_mode(config: ml_collections.ConfigDict, workdir: str, *, allow_config
 
 def eval_mode(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> str:
     """Metrics at every eval.nfes step count, with the real-data floor; table + plot."""
+    metrics_lib.check_available(config.data, config_lib.typed_view(config_lib.EvalConfig, config.eval, "eval"))
     exp, state, step = load_for_inference(config, workdir, allow_config_change=allow_config_change)
-    evaluator = metrics_lib.build_evaluator(config.data)
+    evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
     floor = evaluator.floor()
     rng = jax.random.fold_in(jax.random.fold_in(exp.base_key, EVAL_STREAM), 20_000_000 + step)
     rows = eval_lib.evaluate_steps(
         exp.method,
-        eval_lib.SampleFns(exp.method),
+        eval_lib.SampleFns(exp.method, exp.batch_sharding),
         exp.sampling_params(state),
         evaluator,
         exp.eval,

@@ -73,8 +73,10 @@ class DigitsClassifier(nn.Module):
 
 
 def default_cache_dir() -> pathlib.Path:
-    """$FEWSTEP_CACHE, else ~/.cache/fewstep_jax."""
-    return pathlib.Path(os.environ.get("FEWSTEP_CACHE") or pathlib.Path.home() / ".cache" / "fewstep_jax")
+    """$FEWSTEP_CACHE, else ~/.cache/fewstep_jax (metrics.default_cache_dir)."""
+    from fewstep_jax import metrics
+
+    return pathlib.Path(metrics.default_cache_dir())
 
 
 def recipe_hash(recipe: ClassifierRecipe) -> str:

@@ -1,0 +1,251 @@
+"""FID and Inception Score of image samples; reference statistics of prepared datasets.
+
+    extractor = InceptionExtractor(inception.load_params(weights))
+    stats = extractor.statistics(batches)              # streaming float64 mean / covariance
+    fid = frechet.frechet_distance(*stats.gaussian(), *reference)
+
+FID (Heusel et al. 2017, eq. 6): the Frechet distance between Gaussians fitted to the 2048-d
+pool3 features of generated and real images. Inception Score (Salimans et al. 2016, sec. 4):
+IS = exp(E_x KL(p(y|x) || p(y))), with p(y|x) the softmax of the 1008 bias-free logits, computed
+on 10 splits of the samples and averaged (the original protocol; mean and std are reported).
+
+Feature extraction is jitted once per batch shape, shards each batch over all local devices
+(leading axis), and logs progress (images/s, ETA) on long runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fewstep_jax import metrics
+from fewstep_jax.metrics import frechet, inception
+
+IS_SPLITS = 10
+PROGRESS_SECONDS = 30.0
+
+
+@dataclasses.dataclass
+class RunningStats:
+    """Streaming float64 sums for the mean and the unbiased covariance of D-dim features."""
+
+    dim: int
+    count: int = 0
+    total: np.ndarray | None = None
+    outer: np.ndarray | None = None
+
+    def update(self, features: np.ndarray) -> None:
+        f = np.asarray(features, np.float64).reshape(-1, self.dim)
+        if self.total is None:
+            self.total, self.outer = np.zeros(self.dim), np.zeros((self.dim, self.dim))
+        self.count += len(f)
+        self.total += f.sum(axis=0)
+        self.outer += f.T @ f
+
+    def gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu [D], sigma [D, D]): sigma = (sum f f^T - N mu mu^T) / (N - 1), as np.cov."""
+        if self.count < 2:
+            raise ValueError(f"statistics need at least 2 images, got {self.count}")
+        mu = self.total / self.count
+        sigma = (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+        return mu, 0.5 * (sigma + sigma.T)
+
+
+def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(mean_x KL(p(y|x) || p(y))) (Salimans et al.
+    2016, sec. 4); logits [N, K] -> p(y|x) = softmax. Computed in float64."""
+    z = np.asarray(logits, np.float64)
+    if z.ndim != 2 or len(z) < splits:
+        raise ValueError(f"inception_score needs [N, K] logits with N >= splits={splits}, got {z.shape}")
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    scores = []
+    for part in np.array_split(log_p, splits):
+        p = np.exp(part)
+        log_marginal = np.log(p.mean(axis=0))
+        kl = (p * (part - log_marginal)).sum(axis=1)
+        scores.append(np.exp(kl.mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _progress(done: int, total: int | None, start: float, what: str) -> None:
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    if total:
+        eta = (total - done) / max(rate, 1e-9)
+        logging.info("%s: %d / %d images (%.0f img/s, ETA %.0f s)", what, done, total, rate, eta)
+    else:
+        logging.info("%s: %d images (%.0f img/s)", what, done, rate)
+
+
+class InceptionExtractor:
+    """pool3 features and logits of uint8 images, batch by batch, sharded over local devices."""
+
+    def __init__(self, params: Any, *, resize: str = "tf1", batch_size: int = 250):
+        if resize not in inception.RESIZE_MODES:
+            raise ValueError(f"eval.fid_resize must be one of {inception.RESIZE_MODES}, got {resize!r}")
+        devices = jax.local_devices()
+        self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)  # a multiple of the device count
+        mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+        self._batch = NamedSharding(mesh, P("batch"))
+        self._params = jax.device_put(params, NamedSharding(mesh, P()))
+        net = inception.InceptionV3()
+        self._fn = jax.jit(lambda p, x: net.apply({"params": p}, inception.preprocess(x, resize)))
+        self.fingerprint = inception.params_fingerprint(params)
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, H, W, C] -> {'pool3': float32 [N, 2048], 'logits': float32 [N, 1008]}."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError(f"Inception features take uint8 images, got {images.dtype} (see inception.to_uint8)")
+        out: dict[str, list[np.ndarray]] = {"pool3": [], "logits": []}
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+            result = self._fn(self._params, jax.device_put(padded, self._batch))
+            for key in out:
+                out[key].append(np.asarray(result[key])[: len(chunk)])
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def statistics(
+        self, batches: Iterable[np.ndarray], *, total: int | None = None, what: str = "inception features"
+    ) -> tuple[RunningStats, np.ndarray]:
+        """Streams uint8 image batches -> (pool3 RunningStats, all logits [N, 1008])."""
+        stats, logits = RunningStats(inception.FEATURE_DIM), []
+        start = last = time.perf_counter()
+        for images in batches:
+            features = self(images)
+            stats.update(features["pool3"])
+            logits.append(features["logits"])
+            if time.perf_counter() - last > PROGRESS_SECONDS:
+                _progress(stats.count, total, start, what)
+                last = time.perf_counter()
+        if total and stats.count > 0:
+            _progress(stats.count, total, start, what)
+        return stats, np.concatenate(logits) if logits else np.zeros((0, inception.NUM_LOGITS), np.float32)
+
+
+def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:
+    """Reference statistics as .npz: mu [2048], sigma [2048, 2048] (float64; the key names of
+    EDM's and pytorch-fid's reference files) and a JSON `meta` string."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, mu=mu, sigma=sigma, meta=json.dumps(meta, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from a .npz with keys 'mu' and 'sigma' (this suite's, EDM's or pytorch-fid's files)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"FID reference statistics {path} not found; compute them with "
+            "`python -m fewstep_jax.metrics.fid_stats --dataset=NAME --out=PATH` or leave eval.fid_stats empty"
+        )
+    with np.load(path) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise ValueError(f"{path} has keys {sorted(f.files)}; FID statistics need 'mu' and 'sigma'")
+        mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+    if mu.shape != (inception.FEATURE_DIM,) or sigma.shape != (inception.FEATURE_DIM,) * 2:
+        raise ValueError(f"{path}: expected mu [2048] and sigma [2048, 2048], got {mu.shape} and {sigma.shape}")
+    return mu, sigma
+
+
+def dataset_stats(
+    data_cfg: Any,
+    extractor: InceptionExtractor,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    out: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+    """Reference statistics of a prepared dataset split: computed once, saved as .npz, reused.
+
+    Without `out` the file goes to cache_dir under a name that covers the dataset, its location,
+    the split, the image count and the Inception weights' fingerprint, so a different dataset or
+    network never reuses stale statistics. Returns (path, (mu, sigma)).
+    """
+    from fewstep_jax import data as data_lib
+
+    total = data_lib.num_examples(data_cfg, split)
+    if limit:
+        total = min(total, int(limit))
+    identity = {
+        "dataset": data_cfg.get("name"),
+        "data_dir": os.path.abspath(os.path.expanduser(str(data_cfg.get("data_dir", "") or ""))),
+        "split": split,
+        "images": total,
+        "inception": extractor.fingerprint,
+    }
+    if out is None:
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        directory = cache_dir or metrics.default_cache_dir()
+        out = os.path.join(directory, f"fid_stats_{identity['dataset']}_{split}_{key}.npz")
+        if os.path.isfile(out):
+            logging.info("FID reference statistics from %s", out)
+            return out, load_stats(out)
+    logging.info("computing FID reference statistics of %s/%s (%d images)", identity["dataset"], split, total)
+    images = _images_only(data_lib.iterate_images(data_cfg, split, batch_size=extractor.batch_size, limit=total))
+    stats, _ = extractor.statistics(images, total=total, what=f"reference statistics {identity['dataset']}/{split}")
+    mu, sigma = stats.gaussian()
+    save_stats(out, mu, sigma, **identity)
+    logging.info("FID reference statistics written to %s", out)
+    return out, (mu, sigma)
+
+
+def _images_only(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+    for images, _labels in batches:
+        yield images
+
+
+class FIDEvaluator:
+    """FID (primary, lower is better) and Inception Score of samples against a dataset.
+
+    num_samples defaults to 50,000 (FID-50k, the papers' protocol); eval.num_samples overrides.
+    floor() is empty: FID has no cheap real-data floor at a given N (it would need a second
+    50k-image real set); compare with the papers' numbers instead.
+    """
+
+    primary = "fid"
+    num_samples = 50_000
+
+    def __init__(
+        self,
+        data_cfg: Any,
+        *,
+        weights: str = "",
+        stats: str = "",
+        resize: str = "tf1",
+        batch_size: int = 250,
+        cache_dir: str | None = None,
+        params: Any = None,
+    ):
+        if params is None:
+            params = inception.load_params(weights, cache_dir)
+        self.extractor = InceptionExtractor(params, resize=resize, batch_size=batch_size)
+        if stats:
+            self.stats_path, (self.mu, self.sigma) = stats, load_stats(stats)
+        else:
+            self.stats_path, (self.mu, self.sigma) = dataset_stats(data_cfg, self.extractor, cache_dir=cache_dir)
+
+    def evaluate(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+        del labels  # FID and IS are unconditional statistics
+        images = inception.to_uint8(samples)
+        batches = (images[i : i + self.extractor.batch_size] for i in range(0, len(images), self.extractor.batch_size))
+        stats, logits = self.extractor.statistics(batches, total=len(images), what="FID")
+        mu, sigma = stats.gaussian()
+        is_mean, is_std = inception_score(logits, min(IS_SPLITS, len(logits)))
+        return {"fid": frechet.frechet_distance(mu, sigma, self.mu, self.sigma), "is": is_mean, "is_std": is_std}
+
+    def floor(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,190 @@
+"""Read PyTorch `torch.save` files (state dicts of tensors) into numpy, without PyTorch.
+
+The FID Inception weights are distributed as a PyTorch file; this reader keeps PyTorch off the
+suite's import path. Both on-disk formats of `torch.save` are understood:
+
+  * zip (PyTorch >= 1.6, the default): a zip archive `<name>/data.pkl` (the pickled object, whose
+    tensors refer to storages by persistent id ('storage', type, key, location, numel)) and one raw
+    little-endian file `<name>/data/<key>` per storage;
+  * legacy (`_use_new_zipfile_serialization=False`, and files written before PyTorch 1.6): a
+    sequence of pickles (magic number, protocol version, system info, the object, the list of
+    storage keys), then each storage as an int64 element count followed by its raw bytes.
+
+Unpickling is restricted to an allow-list of globals (ordered dicts, the tensor rebuild functions
+and storage types), like `torch.load(weights_only=True)`: a file that asks for anything else is
+rejected instead of executing code. Tensors come back as numpy arrays with their shape, strides
+and storage offset applied (views of one storage share memory, as in PyTorch).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any, BinaryIO
+
+import numpy as np
+
+#: PyTorch storage type name -> numpy dtype (bfloat16 has no numpy dtype and is not supported).
+STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+class TorchFileError(ValueError):
+    """The file is not a PyTorch state dict this reader can load."""
+
+
+class _StorageType:
+    """Stand-in for torch.<X>Storage classes referenced by the pickle."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(STORAGE_DTYPES[name])
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_unused) -> np.ndarray:
+    """torch._utils._rebuild_tensor_v2: a strided view into a flat storage (element units)."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if not size:
+        return storage[offset : offset + 1].reshape(())  # a view: legacy files fill storages later
+    extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 if all(size) else offset
+    if extent > storage.size:
+        raise TorchFileError(f"tensor of size {size} / stride {stride} at offset {offset} overruns its storage")
+    itemsize = storage.itemsize
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+    )
+
+
+def _rebuild_parameter(data: np.ndarray, *_unused) -> np.ndarray:
+    return data
+
+
+def _ordered_dict(*args):
+    return collections.OrderedDict(*args)
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, load_storage):
+        super().__init__(file)
+        self._load_storage = load_storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        raise TorchFileError(f"refusing to unpickle {module}.{name}: not part of a tensor state dict")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise TorchFileError(f"unexpected persistent id {pid!r}")
+        return self._load_storage(pid[1:])
+
+
+def _check_storage_type(storage_type: Any) -> _StorageType:
+    if not isinstance(storage_type, _StorageType):
+        raise TorchFileError(f"unsupported storage type {storage_type!r}")
+    return storage_type
+
+
+def _load_zip(path: str) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise TorchFileError(f"{path}: a PyTorch zip file has exactly one <name>/data.pkl, found {pickles}")
+        prefix = pickles[0][: -len("data.pkl")]
+        if archive.namelist().count(prefix + "byteorder") and archive.read(prefix + "byteorder") != b"little":
+            raise TorchFileError(f"{path}: big-endian PyTorch files are not supported")
+        cache: dict[str, np.ndarray] = {}
+
+        def load_storage(data: tuple) -> np.ndarray:
+            storage_type, key, _location, numel = data[:4]
+            dtype = _check_storage_type(storage_type).dtype
+            if key not in cache:
+                raw = archive.read(f"{prefix}data/{key}")
+                cache[key] = np.frombuffer(raw, dtype=dtype)
+            if cache[key].size != int(numel):
+                raise TorchFileError(f"{path}: storage {key} holds {cache[key].size} elements, expected {numel}")
+            return cache[key]
+
+        with archive.open(pickles[0]) as f:
+            return _Unpickler(f, load_storage).load()
+
+
+def _load_legacy(path: str) -> Any:
+    with open(path, "rb") as f:
+        try:
+            magic = pickle.load(f)
+            protocol = pickle.load(f)
+            pickle.load(f)  # system info (byte order, type sizes)
+        except Exception as e:  # not a pickle stream at all
+            raise TorchFileError(f"{path} is not a PyTorch file ({e})") from e
+        if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL:
+            raise TorchFileError(f"{path} is not a PyTorch legacy-format file (magic {magic!r}, protocol {protocol!r})")
+        pending: dict[str, tuple[np.dtype, int]] = {}
+        storages: dict[str, np.ndarray] = {}
+
+        def load_storage(data: tuple) -> np.ndarray:
+            storage_type, key, _location, numel, view = data[:5]
+            if view is not None:
+                raise TorchFileError(f"{path}: storage views of the pre-1.0 format are not supported")
+            dtype = _check_storage_type(storage_type).dtype
+            pending.setdefault(key, (dtype, int(numel)))
+            # The bytes follow the object pickle: hand out a placeholder filled in below.
+            return storages.setdefault(key, np.empty(int(numel), dtype))
+
+        obj = _Unpickler(f, load_storage).load()
+        keys = pickle.load(f)
+        for key in keys:
+            dtype, numel = pending[key]
+            (count,) = struct.unpack("<q", f.read(8))
+            if count != numel:
+                raise TorchFileError(f"{path}: storage {key} has {count} elements on disk, expected {numel}")
+            raw = f.read(count * dtype.itemsize)
+            if len(raw) != count * dtype.itemsize:
+                raise TorchFileError(f"{path}: truncated file (storage {key})")
+            storages[key][...] = np.frombuffer(raw, dtype=dtype)
+        return obj
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """A PyTorch state dict file -> {name: numpy array} (each tensor keeps its dtype).
+
+    Raises TorchFileError for a file that is not a tensor state dict.
+    """
+    path = os.fspath(path)
+    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # some checkpoints wrap the state dict
+    if not isinstance(obj, dict):
+        raise TorchFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    out = {}
+    for name, value in obj.items():
+        if not isinstance(value, np.ndarray):
+            continue  # non-tensor entries (e.g. version numbers) carry no weights
+        out[str(name)] = np.array(value, order="C")  # own, writable, contiguous (also for 0-d)
+    return out
+

@@ -144,7 +144,7 @@ def main() -> None:
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     views = ("strided_view", "transposed")
     state = collections.OrderedDict(
-        (k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items() if k not in views
+        (k, torch.from_numpy(np.array(v, order="C"))) for k, v in arrays.items() if k not in views
     )
     state["strided_view"] = base[:, 1:5:2]  # views share one storage, as in real checkpoints
     state["transposed"] = base.t()

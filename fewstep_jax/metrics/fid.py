@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import scipy.special
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -68,13 +69,13 @@ def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float,
     z = np.asarray(logits, np.float64)
     if z.ndim != 2 or len(z) < splits:
         raise ValueError(f"inception_score needs [N, K] logits with N >= splits={splits}, got {z.shape}")
-    log_p = z - z.max(axis=1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    log_p = scipy.special.log_softmax(z, axis=1)
     scores = []
     for part in np.array_split(log_p, splits):
         p = np.exp(part)
         log_marginal = np.log(p.mean(axis=0))
-        kl = (p * (part - log_marginal)).sum(axis=1)
+        safe = np.where(p > 0, part - log_marginal, 0.0)  # 0 log 0 = 0 (impossible classes)
+        kl = (p * safe).sum(axis=1)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
 

@@ -210,15 +210,18 @@ class InceptionV3(nn.Module):
 def resize_matrix(in_size: int, out_size: int, mode: str = "tf1") -> np.ndarray:
     """[out, in] float64 bilinear interpolation matrix (rows sum to 1).
 
-    'tf1': TensorFlow 1.x resize_bilinear(align_corners=False): source = i * in / out.
+    'tf1': TensorFlow 1.x resize_bilinear(align_corners=False): source = i * in / out, with the
+        ratio in / out rounded to float32 as TensorFlow computes it.
     'pytorch': half-pixel centers, source = (i + 0.5) * in / out - 0.5, clamped at 0.
     The upper neighbour is clamped to the last pixel in both.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
-    scale = in_size / out_size
     i = np.arange(out_size, dtype=np.float64)
-    src = i * scale if mode == "tf1" else np.maximum((i + 0.5) * scale - 0.5, 0.0)
+    if mode == "tf1":
+        src = i * float(np.float32(in_size / out_size))
+    else:
+        src = np.maximum((i + 0.5) * (in_size / out_size) - 0.5, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
     frac = src - lo
@@ -378,13 +381,27 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
 
 
 def load_params(source: str = "", cache_dir: str | None = None) -> dict[str, Any]:
-    """Flax params of the FID Inception network from a PyTorch weights file (see weights_file)."""
+    """Flax params of the FID Inception network (see weights_file for `source`).
+
+    The file is the PyTorch state dict (read without PyTorch), or a .npz holding the same
+    PyTorch-named arrays (e.g. converted once with `save_state_dict_npz`).
+    """
     path = weights_file(source, cache_dir)
     try:
-        state_dict = torch_pickle.load(path)
-    except (torch_pickle.TorchFileError, OSError) as e:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                state_dict = {k: f[k] for k in f.files}
+        else:
+            state_dict = torch_pickle.load(path)
+    except (torch_pickle.TorchFileError, OSError, ValueError) as e:
         raise ValueError(f"cannot read Inception weights {path}: {e}") from e
     return params_from_state_dict(state_dict)
+
+
+def save_state_dict_npz(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    """Writes a PyTorch-named Inception state dict as .npz (checked first), loadable by load_params."""
+    params_from_state_dict(state_dict)
+    np.savez(path, **{k: np.asarray(v) for k, v in state_dict.items()})
 
 
 def params_fingerprint(params: Mapping[str, Any]) -> str:

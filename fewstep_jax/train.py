@@ -60,7 +60,7 @@ class Experiment:
     method: methods_lib.Method
     tx: Any
     schedule: Any
-    decays: dict[str, float]
+    decays: dict[str, state_lib.EMADecay]
     mesh: Any
     batch_sharding: Any
     state_shardings: Any
@@ -144,8 +144,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     )
 
 
-def fresh_state(method: methods_lib.Method, key: jax.Array, example: dict, tx: Any, decays: dict[str, float]):
-    params = method.init_params(key, example)
+def fresh_state(method: methods_lib.Method, key: jax.Array, example: dict, tx: Any, decays: dict[str, Any]):
+    params = method.project_params(method.init_params(key, example))
     return state_lib.create(params, tx, decays, method.init_extra(params))
 
 
@@ -288,7 +288,9 @@ def make_train_step(exp: Experiment):
             return method.update_extra(extra, batch=batch, step=state.step, ema_params=new_ema)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state, grad_norm = state_lib.apply_gradients(state, grads, loss, tx, decays, update_extra)
+        new_state, grad_norm = state_lib.apply_gradients(
+            state, grads, loss, tx, decays, update_extra, project=method.project_params
+        )
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
         return new_state, metrics
 
@@ -411,9 +413,10 @@ def train_and_evaluate(
     workdir already trained to train.num_steps only gets its final samples and
     evaluation written again.
     """
+    if config_lib.typed_view(config_lib.TrainConfig, config.train, "train").eval_every:
+        # e.g. FID without Inception weights: fail before anything is built or written
+        metrics_lib.check_available(config.data, config_lib.typed_view(config_lib.EvalConfig, config.eval, "eval"))
     exp = setup(config, workdir)
-    if exp.train.eval_every:
-        metrics_lib.check_available(config.data, exp.eval)  # e.g. FID weights: fail before training
     if exp.is_main:
         os.makedirs(workdir, exist_ok=True)
     try:

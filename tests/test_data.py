@@ -294,7 +294,7 @@ def test_bad_state_raises(state, message):
     "cfg, message",
     [
         (dict(name="mnist"), "unknown dataset.*toy2d, digits"),
-        (dict(name="cifar10"), r"real dataset .*ships only the embedded datasets \(toy2d, digits\)"),
+        (dict(name="cifar10", distribution="moons"), r"\['distribution'\] for dataset 'cifar10'"),
         (dict(name=None), "unknown dataset"),
         (dict(name=["digits"]), "unknown dataset"),
         (dict(name="toy2d", distribution=["moons"]), "unknown toy2d distribution"),

@@ -1,4 +1,4 @@
-"""Embedded datasets (no download, always available): 2-D toy distributions and sklearn digits.
+"""Datasets: embedded (toy2d, digits; always available) and real (tensorflow-datasets, no TensorFlow).
 
     info, batches = build_dataset(config.data, seed=config.seed, global_batch_size=B,
                                   process_index=jax.process_index(), process_count=jax.process_count())
@@ -10,8 +10,21 @@ The data config section (an ml_collections ConfigDict or a plain mapping):
             toy2d is unconditional, so y is always zeros and num_classes is 0)
     digits  name='digits', conditional (optional bool, default True: num_classes=10 and y holds
             the labels; False: num_classes=0 and y is zeros)
+    real    name in sources.DATASETS: 'cifar10' (32x32, 10 classes), 'imagenet64' (64x64, 1,000
+            classes, ADM / EDM2 center crop), 'celebahq256' (256x256, no labels), and the VAE-latent
+            datasets 'imagenet256_latents' (1,000 classes) and 'celebahq256_latents' (no labels).
+            conditional (optional bool; default True for the ImageNet ones, else False; True on a
+            dataset without labels is an error); data_dir (optional: where prepared datasets live,
+            default $TFDS_DATA_DIR, else ~/tensorflow_datasets); read_threads (optional int >= 0,
+            default 8: threads reading batches ahead); latent datasets also latent_scale (optional:
+            when set it must equal the VAE scale factor recorded at preparation, which is applied).
 
-Any other key is an error: `validate` rejects it before anything is built.
+Any other key is an error: `validate` rejects it before anything is built. Real datasets are
+prepared once with `python -m fewstep_jax.data.prepare` (prepare.py); a config naming one that is
+not prepared fails in dataset_info / build_dataset (before any compilation) with the files to
+provide and the command to run. Images arrive as float32 NHWC in [-1, 1] with data_std 0.5 (EDM's
+sigma_data convention), latents scaled by the VAE factor with data_std 1.0 (sources.py).
+For FID reference statistics: iterate_images (uint8 images in stored order) and num_examples.
 """
 
 from __future__ import annotations
@@ -21,25 +34,35 @@ from typing import Any
 
 import numpy as np
 
-from fewstep_jax.data import digits, pipeline, toy2d
+from fewstep_jax.data import digits, pipeline, sources, tfds_reader, toy2d
 from fewstep_jax.data.pipeline import BatchIterator
+from fewstep_jax.data.tfds_reader import DatasetNotPreparedError
 
-KNOWN_DATASETS: tuple[str, ...] = ("toy2d", "digits")
+#: Real datasets, read through tensorflow-datasets once prepared (sources.py, prepare.py).
+REAL_DATASETS: tuple[str, ...] = tuple(sources.DATASETS)
+KNOWN_DATASETS: tuple[str, ...] = ("toy2d", "digits", *REAL_DATASETS)
 
+_REAL_KEYS = ("name", "conditional", "data_dir", "read_threads")
 # Accepted keys per dataset; 'name' is common to all.
 _DATASET_KEYS: dict[str, tuple[str, ...]] = {
     "toy2d": ("name", "distribution", "conditional"),
     "digits": ("name", "conditional"),
+    **{d.name: _REAL_KEYS + (("latent_scale",) if d.is_latent else ()) for d in sources.DATASETS.values()},
 }
 
 DEFAULT_TOY_REFERENCE_SIZE = 10_000
+DEFAULT_READ_THREADS = 8
 
 __all__ = [
     "KNOWN_DATASETS",
+    "REAL_DATASETS",
     "BatchIterator",
     "DatasetInfo",
+    "DatasetNotPreparedError",
     "build_dataset",
     "dataset_info",
+    "iterate_images",
+    "num_examples",
     "reference_data",
     "validate",
 ]
@@ -49,9 +72,11 @@ __all__ = [
 class DatasetInfo:
     """What the model and method need to know about a dataset.
 
-    name: 'toy2d' or 'digits'. shape: one example, (2,) or (8, 8, 1). num_classes: 0 for
-    unconditional data, else labels are 0..num_classes-1. data_std: per-element std of the
-    training data (EDM-style preconditioning uses it as sigma_data).
+    name: data.name ('toy2d', 'digits', 'cifar10', ...). shape: one example, e.g. (2,), (8, 8, 1),
+    (32, 32, 3), (32, 32, 4) latents. num_classes: 0 for unconditional data, else labels are
+    0..num_classes-1. data_std: per-element std of the training data (EDM-style preconditioning
+    uses it as sigma_data): measured for the embedded datasets, the conventional 0.5 for images
+    in [-1, 1] and 1.0 for scaled VAE latents (sources.py).
     """
 
     name: str
@@ -66,31 +91,33 @@ def _keys(data_cfg: Any) -> list[str]:
     return list(data_cfg.keys())
 
 
-#: Real datasets named by the paper configs; their tfds-backed sources are not in this version.
-REAL_DATASETS = ("cifar10", "imagenet64", "celebahq256", "imagenet256_latents")
+def _check_int(value: Any, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def _conditional(data_cfg: Any) -> bool:
+    name = data_cfg.get("name")
+    default = sources.DATASETS[name].conditional_default if name in sources.DATASETS else name == "digits"
+    return bool(data_cfg.get("conditional", default))
 
 
 def validate(data_cfg: Any) -> None:
     """Raises ValueError naming the problem for an unknown dataset, distribution, key or bad option.
 
-    Cheap (reads no data), so it can run before anything is built or compiled.
+    Cheap (reads no data), so it can run before anything is built or compiled. Whether a real
+    dataset is prepared is checked by dataset_info / build_dataset.
     """
     keys = _keys(data_cfg)
     name = data_cfg.get("name")
-    if name in REAL_DATASETS:
-        raise ValueError(
-            f"dataset {name!r} is a real dataset read through tensorflow-datasets; this version of fewstep_jax "
-            f"ships only the embedded datasets ({', '.join(KNOWN_DATASETS)}). The paper configs that name it "
-            "record the published hyperparameters and run once the tfds-backed sources are added."
-        )
     if not isinstance(name, str) or name not in _DATASET_KEYS:
-        raise ValueError(f"unknown dataset data.name={name!r}; known embedded datasets: {', '.join(KNOWN_DATASETS)}")
+        raise ValueError(f"unknown dataset data.name={name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     unknown = sorted(set(keys) - set(_DATASET_KEYS[name]))
     if unknown:
         raise ValueError(
             f"unknown data config key(s) {unknown} for dataset {name!r}; accepted: {list(_DATASET_KEYS[name])}"
         )
-    conditional = data_cfg.get("conditional", name == "digits")
+    conditional = data_cfg.get("conditional", False)
     if not isinstance(conditional, (bool, np.bool_)):
         raise ValueError(f"data.conditional must be a bool, got {conditional!r}")
     if name == "toy2d":
@@ -98,16 +125,46 @@ def validate(data_cfg: Any) -> None:
         if distribution is None:
             raise ValueError(f"toy2d needs data.distribution, one of: {', '.join(toy2d.DISTRIBUTIONS)}")
         toy2d.check_distribution(distribution)
+    if name not in sources.DATASETS:
+        return
+    if _conditional(data_cfg) and not sources.DATASETS[name].num_classes:
+        raise ValueError(f"dataset {name!r} has no labels: set data.conditional=False")
+    data_dir = data_cfg.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ValueError(f"data.data_dir must be a path string, got {data_dir!r}")
+    _check_int(data_cfg.get("read_threads", DEFAULT_READ_THREADS), "data.read_threads", 0)
+    scale = data_cfg.get("latent_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ValueError(f"data.latent_scale must be a positive number (the VAE's scale factor), got {scale!r}")
+
+
+def _prepared(data_cfg: Any) -> tfds_reader.Prepared:
+    """The opened prepared real dataset of a validated config (raises when it is not prepared)."""
+    return tfds_reader.open_prepared(data_cfg.get("name"), data_cfg.get("data_dir"), data_cfg.get("latent_scale"))
 
 
 def dataset_info(data_cfg: Any) -> DatasetInfo:
-    """DatasetInfo of a (validated here) data config; cheap apart from the first digits load."""
+    """DatasetInfo of a (validated here) data config; cheap apart from the first digits load.
+
+    Real datasets: raises DatasetNotPreparedError (a ValueError) with the files to
+    provide and the command to run when the dataset is not prepared in its data directory.
+    """
     validate(data_cfg)
-    if data_cfg.get("name") == "toy2d":
+    name = data_cfg.get("name")
+    if name == "toy2d":
         distribution = data_cfg.get("distribution")
         return DatasetInfo("toy2d", (2,), 0, toy2d.data_std(distribution))
-    conditional = bool(data_cfg.get("conditional", True))
-    return DatasetInfo("digits", digits.SHAPE, digits.NUM_CLASSES if conditional else 0, digits.data_std())
+    conditional = _conditional(data_cfg)
+    if name == "digits":
+        return DatasetInfo("digits", digits.SHAPE, digits.NUM_CLASSES if conditional else 0, digits.data_std())
+    prepared = _prepared(data_cfg)
+    if conditional and not prepared.has_labels:
+        raise ValueError(
+            f"data.conditional=True but {prepared.path} was prepared without labels; "
+            "set data.conditional=False or prepare it again with labels"
+        )
+    data_std = 1.0 if prepared.dataset.is_latent else 0.5
+    return DatasetInfo(name, prepared.shape, prepared.dataset.num_classes if conditional else 0, data_std)
 
 
 def build_dataset(
@@ -121,7 +178,8 @@ def build_dataset(
     """The dataset's info and this process's infinite, resumable batch iterator.
 
     Global batch k depends only on (seed, k); process p gets rows [p L, (p + 1) L) of it with
-    L = global_batch_size // process_count (ValueError when not divisible). See pipeline.py.
+    L = global_batch_size // process_count (ValueError when not divisible). See pipeline.py, and
+    tfds_reader.py for the real datasets (their 'train' split, read through grain).
     """
     info = dataset_info(data_cfg)
     layout = dict(
@@ -132,10 +190,17 @@ def build_dataset(
         iterator: BatchIterator = pipeline.FreshSampleIterator(
             lambda n, rng: toy2d.sample(distribution, n, rng), **layout
         )
-    else:
+    elif info.name == "digits":
         x, y = digits.load_split("train")
         labels = y if info.num_classes else np.zeros_like(y)  # unconditional: never leak labels
         iterator = pipeline.EpochShuffleIterator(x, labels, **layout)
+    else:
+        prepared = _prepared(data_cfg)
+        finish = tfds_reader.make_finish(
+            prepared, conditional=info.num_classes > 0, seed=seed, noise_stream=pipeline.STREAM_LATENT_NOISE
+        )
+        read_threads = data_cfg.get("read_threads", DEFAULT_READ_THREADS)
+        iterator = tfds_reader.GrainBatchIterator(prepared.source("train"), finish, read_threads=read_threads, **layout)
     return info, iterator
 
 
@@ -147,12 +212,25 @@ def reference_data(data_cfg: Any, split: str, *, n: int | None = None, seed: int
     digits: the fixed 'train' (1,297) or held-out 'test' (500) split, always with the true
     labels (whatever data.conditional says); with `n`, a subset of n distinct images chosen
     with `seed`.
+    real datasets: any prepared split ('train', 'test' for CIFAR-10, 'validation' for ImageNet
+    when prepared), float32 like training batches, true labels (zeros without labels); with `n`,
+    n distinct examples chosen with `seed` (latent moments sampled with `seed` too); without,
+    the whole split (refused above 200,000 examples: use iterate_images).
     """
     validate(data_cfg)
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
         raise ValueError(f"n must be a non-negative integer or None, got {n!r}")
+    if data_cfg.get("name") in sources.DATASETS:
+        return tfds_reader.reference_data(
+            _prepared(data_cfg),
+            split,
+            n=n,
+            seed=pipeline.check_seed(seed),
+            subset_stream=pipeline.STREAM_REAL_REFERENCE_SUBSET,
+            noise_stream=pipeline.STREAM_LATENT_REFERENCE_NOISE,
+        )
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     if data_cfg.get("name") == "toy2d":
         stream = pipeline.STREAM_TOY_REFERENCE_TRAIN if split == "train" else pipeline.STREAM_TOY_REFERENCE_TEST
         size = DEFAULT_TOY_REFERENCE_SIZE if n is None else int(n)
@@ -166,3 +244,33 @@ def reference_data(data_cfg: Any, split: str, *, n: int | None = None, seed: int
     rng = pipeline.stream_rng(pipeline.STREAM_DIGITS_REFERENCE_SUBSET, seed, digits.SPLITS.index(split))
     idx = rng.permutation(len(x))[:n]
     return {"x": x[idx], "y": y[idx]}
+
+
+def _real_only(data_cfg: Any, what: str) -> None:
+    validate(data_cfg)
+    if data_cfg.get("name") not in sources.DATASETS:
+        raise ValueError(
+            f"{what} reads the real datasets ({', '.join(REAL_DATASETS)}); {data_cfg.get('name')!r} is embedded: "
+            "use reference_data"
+        )
+
+
+def num_examples(data_cfg: Any, split: str) -> int:
+    """Number of examples in `split` of a prepared real dataset."""
+    _real_only(data_cfg, "num_examples")
+    return _prepared(data_cfg).num_examples(split)
+
+
+def iterate_images(data_cfg: Any, split: str, *, batch_size: int, limit: int | None = None):
+    """(uint8 images [b, H, W, C], int32 labels [b]) over `split` of a prepared real dataset.
+
+    The order is fixed (the stored source order: the CIFAR-10 batches in order; ImageNet by
+    sorted synset, then file name; CelebA-HQ by path), so the first `limit` examples are always
+    the same; b = batch_size except for the last batch. Labels are the true labels (zeros for
+    CelebA-HQ). For FID reference statistics. Latent datasets raise ValueError (FID needs
+    decoded images; the VAE decoder is not part of the suite).
+    """
+    _real_only(data_cfg, "iterate_images")
+    prepared = _prepared(data_cfg)
+    read_threads = data_cfg.get("read_threads", DEFAULT_READ_THREADS)
+    return tfds_reader.iterate_images(prepared, split, batch_size=batch_size, limit=limit, read_threads=read_threads)

@@ -63,6 +63,7 @@ def default_cache_dir() -> str:
 def check_available(data_cfg: Any, ev: Any = None) -> None:
     """Fails early (before any compilation) when the dataset's metric cannot run: FID without
     Inception weights or with a missing statistics file, or a latent dataset (no pixels)."""
+    data_lib.validate(data_cfg)
     name = data_cfg.get("name")
     if name in FID_DATASETS:
         from fewstep_jax.metrics import inception

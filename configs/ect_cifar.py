@@ -10,7 +10,8 @@ sigma_min shift 0.003, 2-step intermediate t = 0.821.
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/ect_cifar.py --workdir=runs/ect_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:cond`, `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:cond`, `:smoke`.
 """
 
 import ml_collections

@@ -1,8 +1,9 @@
 """EDM diffusion on CIFAR-10 (Karras et al. 2022): the pretrained model of ECT / SCT on CIFAR-10.
 
 Target: FID 1.97 unconditional / 1.79 class-conditional (VP, DDPM++, Heun 18 steps = NFE 35,
-EDM Table 2). EDM's CIFAR-10 recipe: DDPM++ (128 channels, multipliers [2, 2, 2], 4 blocks per
-resolution, attention at 16x16, positional noise embedding), dropout 0.13, Adam lr 1e-3, batch
+EDM Table 2). EDM's CIFAR-10 recipe: DDPM++ exactly as EDM's SongUNet (config_lib.ddpmpp_unet:
+128 channels, multipliers [2, 2, 2], 4 blocks per resolution, attention at 16x16, resampling
+residual blocks, positional noise embedding; 55.7M parameters), dropout 0.13, Adam lr 1e-3, batch
 512, 200 Mimg (390k iterations), lr warmup over 10 Mimg, EMA half-life 0.5 Mimg, proposal
 ln sigma ~ N(-1.2, 1.2^2). EDM's geometric augmentation (a non-leaking augment pipeline) is not
 in the suite: without it EDM reports FID about 2.0-2.1 instead (EDM Table 2, config E vs F).
@@ -10,7 +11,8 @@ in the suite: without it EDM reports FID about 2.0-2.1 instead (EDM Table 2, con
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/edm_cifar.py:cond --workdir=runs/edm_cifar_cond
 
-Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:cond`, `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:cond`, `:smoke`.
 """
 
 import ml_collections
@@ -22,7 +24,7 @@ def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("cond", "smoke"))
     c = config_lib.load_sibling(__file__, "trigflow_cifar", "smoke" if variant == "smoke" else None)
     c.data.conditional = variant == "cond"
-    c.model.emb_norm = "adaptive_scale"  # DDPM++ as in EDM (no sCM changes)
+    c.model.emb_norm = "additive"  # DDPM++ as in EDM (adaptive_scale=False; no sCM changes)
     c.method = ml_collections.ConfigDict(
         dict(name="edm", sigma_d=0.5, p_mean=-1.2, p_std=1.2, label_dropout=0.0, sigma_min=0.002, sigma_max=80.0)
     )

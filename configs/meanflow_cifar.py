@@ -2,9 +2,12 @@
 recipe of the official PyTorch code (Gsunshine/py-meanflow, scripts/cifar10_v1.sh).
 
 Target: FID-50k 2.92 at 1 NFE (paper, Table 3; the v1 script is reported to reach ~2.9).
-Network: DDPM++ U-Net (~55M; 128 channels, multipliers [2, 2, 2], 4 blocks per resolution,
-attention at 16x16, the standard DDPM++ embedding, no EDM preconditioner), dropout 0.2, taking
-t and the interval h = t - r (model.use_d). Method: t ~ logit-normal(-0.6, 1.6), r ~ logit-normal
+Network: the code's SongUNet DDPM++ (config_lib.ddpmpp_unet: 128 channels, multipliers
+[2, 2, 2], 4 blocks per resolution, attention at 16x16, resampling residual blocks), with the
+code's resampling filter [1, 3, 3, 1], no EDM preconditioner, dropout 0.2, taking t and the
+interval h = t - r (model.use_d): 56.1M parameters. The code concatenates 256-wide positional
+embeddings of t and h before one shared MLP (55.9M parameters); here h has its own positional
+embedding + MLP, summed with t's. Method: t ~ logit-normal(-0.6, 1.6), r ~ logit-normal
 (-4.0, 1.6), r = min(t, r) ('clamp_r', the code's tr_sampler v1), 75% of rows with r != t (the
 code's `ratio`), adaptive weight p = 0.75, c = 1e-3, no labels and no guidance.
 Optimizer: Adam lr 6e-4, betas (0.9, 0.999) (the script leaves `optimizer_betas` at its default;
@@ -17,8 +20,8 @@ t and r both logit-normal(-2.0, 2.0), ordered by sorting ('sort').
 
   python -m fewstep_jax.main --config=configs/meanflow_cifar.py --workdir=runs/meanflow_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet): the config records the published
-values. Variants: `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:smoke`.
 """
 
 import ml_collections
@@ -29,7 +32,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.load_sibling(__file__, "trigflow_cifar", arg)  # CIFAR-10 data, DDPM++ U-Net
-    c.model.update(dict(dropout=0.2, use_d=True, emb_norm="adaptive_scale"))
+    c.model.update(dict(dropout=0.2, use_d=True, emb_norm="additive", resample_filter=(1, 3, 3, 1)))
     c.method = ml_collections.ConfigDict(
         dict(
             name="meanflow",

@@ -32,8 +32,8 @@ Variants:
   python -m fewstep_jax.main --config=configs/meanflow_imagenet256.py:b4 --workdir=runs/meanflow_imagenet256_b4
   python -m fewstep_jax.main --config=configs/meanflow_imagenet256.py:xl --workdir=runs/meanflow_imagenet256_xl
 
-Needs the latent ImageNet dataset source (not in this version yet): the config records the
-published values.
+Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
+`python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
 """
 
 import ml_collections

@@ -6,7 +6,8 @@ As configs/scm_sct_cifar.py with dropout 0 and dx_t/dt from the TrigFlow teacher
 
   python -m fewstep_jax.main --config=configs/scm_scd_cifar.py --workdir=runs/scm_scd_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:smoke`.
 """
 
 from fewstep_jax import config_lib

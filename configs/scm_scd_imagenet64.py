@@ -7,7 +7,8 @@ As configs/scm_sct_imagenet64.py with dropout 0 and the TrigFlow teacher
 
   python -m fewstep_jax.main --config=configs/scm_scd_imagenet64.py:xl --workdir=runs/scm_scd_imagenet64_xl
 
-Needs the EDM2 network and the ImageNet-64 source (not in this version yet).
+ImageNet-64: prepare it once with
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 

@@ -9,7 +9,8 @@ in App. G; 400k follows the ECT-matched ablation (App. E.3).
 
   python -m fewstep_jax.main --config=configs/scm_sct_cifar.py --workdir=runs/scm_sct_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:smoke`.
 """
 
 from fewstep_jax import config_lib

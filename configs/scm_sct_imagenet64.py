@@ -4,13 +4,14 @@ Targets (FID, 1 step / 2 steps), sCM Table 2: XL 2.04 / 1.48; 2-step by size
 S/M/L/XL 2.93 / 1.81 / 1.57 / 1.48.
 From the TrigFlow teacher's EMA (configs/trigflow_imagenet64.py, same size);
 Adam with lr = teacher lr / 100 and the same inverse-sqrt decay, proposal
-P(-1.0, 1.6), dropout 0.45 (applied at resolutions <= 16 in the paper's EDM2
-network), tangent normalization c = 0.1, H = 10k, t_mid = 1.1, 400k iterations,
-batch 2048.
+P(-1.0, 1.6), dropout 0.45 at resolutions <= 16 only (model.dropout_res),
+tangent normalization c = 0.1, H = 10k, t_mid = 1.1, 400k iterations, batch 2048;
+the teacher's EDM2 network and power EMA (sigma_rel 0.05).
 
   python -m fewstep_jax.main --config=configs/scm_sct_imagenet64.py:xl --workdir=runs/scm_sct_imagenet64_xl
 
-Needs the EDM2 network and the ImageNet-64 source (not in this version yet).
+ImageNet-64: prepare it once with
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 
@@ -22,7 +23,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
     c = config_lib.load_sibling(__file__, "trigflow_imagenet64", arg)
-    c.model.dropout = 0.45
+    c.model.update(dict(dropout=0.45, dropout_res=16))
     c.method = ml_collections.ConfigDict(
         dict(name="scm_sct", sigma_d=0.5, p_mean=-1.0, p_std=1.6, tangent_warmup=10_000, tangent_norm_c=0.1, t_mid=1.1)
     )

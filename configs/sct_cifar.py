@@ -13,8 +13,9 @@ step and the phase edges of `:phased` are this suite's choices (README, "Methods
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/sct_cifar.py --workdir=runs/sct_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet); `make demo` trains the embedded
-counterpart, configs/sct_digits.py. Variants: `:cond`, `:phased` (4 phases), `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+`make demo` trains the embedded counterpart, configs/sct_digits.py.
+Variants: `:cond`, `:phased` (4 phases), `:smoke`.
 """
 
 from fewstep_jax import config_lib

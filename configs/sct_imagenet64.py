@@ -11,7 +11,8 @@ almost no same-class references (0.13 per row), so a bank of the 16,384 most rec
   python -m fewstep_jax.main --config=configs/edm_imagenet64.py:m --workdir=runs/edm_imagenet64_m
   python -m fewstep_jax.main --config=configs/sct_imagenet64.py:m --workdir=runs/sct_imagenet64_m
 
-Needs the EDM2 network and the ImageNet-64 source (not in this version yet).
+ImageNet-64: prepare it once with
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
 Variants: `:s` (default), `:m`, `:smoke`.
 """
 

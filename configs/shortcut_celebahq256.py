@@ -8,8 +8,9 @@ is 1/8: --config.method.bootstrap_every=8); M = 128.
 
   python -m fewstep_jax.main --config=configs/shortcut_celebahq256.py --workdir=runs/shortcut_celebahq256
 
-Needs the latent CelebA-HQ dataset source, which this version does not ship yet: the config
-records the published values. Variants: `:smoke`.
+Data: VAE latents of CelebA-HQ 256 (sd-vae-ft-mse), prepared once from latent shards with
+`python -m fewstep_jax.data.prepare --dataset=celebahq256_latents --manual_dir=DIR --latent_scale=0.18215`.
+Variants: `:smoke`.
 """
 
 import ml_collections
@@ -20,7 +21,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(dict(name="celebahq256", conditional=False, latent_scale=0.18215))
+    c.data = ml_collections.ConfigDict(dict(name="celebahq256_latents", conditional=False, latent_scale=0.18215))
     c.model = ml_collections.ConfigDict(dict(name="dit", size="B", patch=2, use_d=True, dtype="bfloat16"))
     c.method = ml_collections.ConfigDict(
         dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.0, cfg_scale=1.0)

@@ -5,7 +5,8 @@ step-size level as its second conditioning input).
 
   python -m fewstep_jax.main --config=configs/shortcut_cifar.py --workdir=runs/shortcut_cifar
 
-Needs the CIFAR-10 dataset source (not in this version yet). Variants: `:smoke`.
+Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
+Variants: `:smoke`.
 """
 
 import ml_collections

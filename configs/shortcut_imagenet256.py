@@ -7,7 +7,8 @@ w = 1.5 baked into the finest bootstrap level (and applied at sampling only at 1
 
   python -m fewstep_jax.main --config=configs/shortcut_imagenet256.py:xl --workdir=runs/shortcut_imagenet256_xl
 
-Needs the latent ImageNet dataset source (not in this version yet).
+Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
+`python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
 Variants: `:b` (DiT-B/2, default), `:xl` (DiT-XL/2), `:smoke`.
 """
 

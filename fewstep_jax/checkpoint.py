@@ -66,9 +66,41 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 SCHEDULES_OVER_NUM_STEPS = ("cosine", "linear")
 
 
+def implied_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {key: value} the code assumes for a key that a config leaves out: the section
+    dataclasses' defaults (train, optim, eval, sharding) and those of the named network and
+    method. A config written before a key existed behaves like one holding the default."""
+    import dataclasses
+
+    from fewstep_jax import config_lib, methods, models
+
+    sections: dict[str, dict[str, Any]] = {}
+    for section, cls in (
+        ("train", config_lib.TrainConfig),
+        ("optim", config_lib.OptimConfig),
+        ("eval", config_lib.EvalConfig),
+        ("sharding", config_lib.ShardingConfig),
+    ):
+        sections[section] = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    model = models.REGISTRY.get(config.get("model", {}).get("name"))
+    if model is not None:
+        sections["model"] = dict(model.defaults)
+    method = methods.REGISTRY.get(config.get("method", {}).get("name"))
+    if method is not None:
+        sections["method"] = {
+            f.name: f.default for f in dataclasses.fields(method.Config) if f.default is not dataclasses.MISSING
+        }
+    return flatten(sections)
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable list of differences that matter for resuming."""
+    """Human-readable list of differences that matter for resuming.
+
+    A key present on one side only is no difference when the other side holds the value the
+    code assumes in its absence (a config saved before the key was added).
+    """
     a, b = flatten(saved), flatten(current)
+    defaults = implied_defaults(current)
     stretchable = a.get("optim.schedule") in SCHEDULES_OVER_NUM_STEPS
     diffs = []
     for key in sorted(set(a) | set(b)):
@@ -80,11 +112,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             continue
         if key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_SECTIONS):
             continue
-        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
-        if isinstance(va, list):
-            va = tuple(va)
-        if isinstance(vb, list):
-            vb = tuple(vb)
+        default = defaults.get(key, "<absent>")
+        va, vb = (tuple(v) if isinstance(v, list) else v for v in (a.get(key, default), b.get(key, default)))
         if va != vb:
             diffs.append(f"{key}: checkpoint has {va!r}, config has {vb!r}")
     return diffs

@@ -60,10 +60,12 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             num_steps=2000,
             batch_size=128,
-            # EMAs of the parameters: per-step decays, and half-lives in images
-            # (decay = 0.5 ** (batch_size / half_life)), in that order.
+            # EMAs of the parameters: per-step decays, half-lives in images
+            # (decay = 0.5 ** (batch_size / half_life)), and EDM2 power-function EMAs by
+            # their relative standard deviation sigma_rel (EDM2 sec. 3.1), in that order.
             ema_decays=(0.999,),
             ema_halflives=(),
+            ema_sigma_rels=(),
             log_every=50,
             checkpoint_every=500,
             keep_checkpoints=3,
@@ -110,6 +112,32 @@ def digits_unet(**overrides: Any) -> ml_collections.ConfigDict:
         # 'adaptive_double' is sCM's adaptive double normalization (sec. 4.1); the digits
         # results in the README use the DDPM++ default.
         emb_norm="adaptive_scale",
+    )
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def ddpmpp_unet(**overrides: Any) -> ml_collections.ConfigDict:
+    """EDM's DDPM++ for CIFAR-10 (Karras et al. 2022, App. F.2: SongUNet with
+    model_channels 128, channel_mult [2, 2, 2], channel_mult_emb 4, num_blocks 4, attention at
+    16x16, dropout 0.13, resampling residual blocks with the filter [1, 1] and a 1x1 skip
+    projection, attention only on the last decoder block of a level, the embedding added before
+    the second GroupNorm, GroupNorm eps 1e-6 with >= 4 channels per group): ~55.7M parameters
+    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1)."""
+    cfg = dict(
+        name="unet",
+        channels=128,
+        channel_mult=(2, 2, 2),
+        num_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.13,
+        time_scale=1.0,
+        emb_norm="additive",
+        resample="residual",
+        resample_filter=(1, 1),
+        decoder_attn="last",
+        norm_eps=1e-6,
+        min_group_size=4,
     )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
@@ -234,6 +262,7 @@ class TrainConfig:
     batch_size: int = 128
     ema_decays: tuple[float, ...] = (0.999,)
     ema_halflives: tuple[float, ...] = ()
+    ema_sigma_rels: tuple[float, ...] = ()
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -304,14 +333,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError("eval.batch_size and eval.fid_batch_size must be positive")
     if train.num_steps < 1 or train.batch_size < 1:
         raise ValueError("train.num_steps and train.batch_size must be positive")
-    if not (train.ema_decays or train.ema_halflives) and ev.use_ema:
-        raise ValueError("eval.use_ema=True needs at least one EMA (train.ema_decays or train.ema_halflives)")
+    if not (train.ema_decays or train.ema_halflives or train.ema_sigma_rels) and ev.use_ema:
+        raise ValueError(
+            "eval.use_ema=True needs at least one EMA (train.ema_decays, ema_halflives or ema_sigma_rels)"
+        )
     for d in train.ema_decays:
         if not 0.0 <= d < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {d}")
     for h in train.ema_halflives:
         if h <= 0:
             raise ValueError(f"EMA half-life (images) must be positive, got {h}")
+    for sr in train.ema_sigma_rels:
+        # sigma_rel(gamma = 0) = 1 / sqrt(12): larger values have no power profile with gamma > 0.
+        if not 0.0 < sr < 12**-0.5:
+            raise ValueError(f"EMA sigma_rel must be in (0, 1/sqrt(12) = {12**-0.5:.4f}), got {sr}")
     if sharding.fsdp < 1 or num_devices % sharding.fsdp:
         raise ValueError(f"sharding.fsdp={sharding.fsdp} must divide the device count {num_devices}")
     if train.batch_size % num_devices:

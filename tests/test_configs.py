@@ -9,6 +9,7 @@ import pytest
 from conftest import CONFIGS, load_config
 
 from fewstep_jax import config_lib
+from fewstep_jax.models import EDM2_SIZES
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
 EMBEDDED = [n for n in NAMES if n.endswith(("_digits", "_toy2d"))]
@@ -34,10 +35,11 @@ def test_embedded_configs_validate(name, variant):
 
 
 @pytest.mark.parametrize("name", PAPER)
-def test_paper_configs_name_what_is_missing(name):
+def test_paper_configs_name_what_is_missing(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # no dataset is prepared there
     for variant in (None, "smoke"):
         config = load_config(name, variant)
-        with pytest.raises(ValueError, match="not in this version|this version of fewstep_jax ships only"):
+        with pytest.raises(ValueError, match=r"is not prepared in (.|\n)*fewstep_jax\.data\.prepare --dataset="):
             config_lib.validate(config, num_devices=1)
 
 
@@ -54,11 +56,14 @@ def test_scm_paper_values():
     assert teacher.method.learned_weighting and teacher.eval.nfes == (18,) and teacher.eval.sampler == "heun"
     for size, channels, lr in (("s", 192, 1e-2), ("m", 256, 9e-3), ("l", 320, 8e-3), ("xl", 384, 7e-3)):
         t = load_config("trigflow_imagenet64", size)
-        assert (t.model.channels, t.optim.lr, t.optim.eps, t.optim.decay_steps) == (channels, lr, 1e-11, 35_000)
+        assert (t.model.name, t.model.size, t.model.channels) == ("edm2", size, None)  # size decides
+        assert EDM2_SIZES[size.upper()] == channels
+        assert (t.optim.lr, t.optim.eps, t.optim.decay_steps) == (lr, 1e-11, 35_000)
         assert (t.method.p_mean, t.method.p_std, t.train.batch_size) == (-0.8, 1.6, 2048)
+        assert t.train.ema_sigma_rels == (0.05,) and not (t.train.ema_decays or t.train.ema_halflives)
         s = load_config("scm_sct_imagenet64", size)
         assert s.optim.lr == pytest.approx(lr / 100) and (s.method.p_mean, s.method.p_std) == (-1.0, 1.6)
-        assert s.model.dropout == 0.45 and s.train.num_steps == 400_000
+        assert (s.model.dropout, s.model.dropout_res, s.train.num_steps) == (0.45, 16, 400_000)
         d = load_config("scm_scd_imagenet64", size)
         assert d.model.dropout == 0.0 and d.method.teacher == f"runs/trigflow_imagenet64_{size}"
 
@@ -97,6 +102,7 @@ def test_ect_sct_paper_values():
         e = load_config("ect_imagenet64", size)
         assert (e.optim.lr, e.optim.b2, e.optim.schedule, e.optim.decay_steps) == (lr, 0.99, "inverse_sqrt", 2000)
         assert (e.model.dropout, e.model.size, e.train.num_steps, e.train.batch_size) == (dropout, size, 100_000, 128)
+        assert e.model.dropout_res == 16 and e.train.ema_sigma_rels == (0.01, 0.05, 0.10)
         assert (e.method.q, e.method.huber_c, e.method.weighting, e.method.t_mid) == (4.0, 0.06, "edm", 1.526)
         assert (e.method.p_mean, e.method.p_std) == (-0.8, 1.6)
         assert load_config("sct_imagenet64", size).method.name == "sct"

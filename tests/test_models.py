@@ -11,7 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from ml_collections import ConfigDict
 
-from fewstep_jax import models
+from fewstep_jax import config_lib, models
 from fewstep_jax.models import layers
 
 NUM_CLASSES = 3
@@ -20,6 +20,12 @@ NUM_CLASSES = 3
 UNET_SMALL = dict(name="unet", channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
 MLP_SMALL = dict(name="mlp", hidden=32, depth=2, emb_dim=16)
 DIT_TINY = dict(name="dit", hidden=64, depth=2, num_heads=4, patch=2)
+# EDM2 with every block kind (down / up, encoder and decoder attention, the middle pair), 2 heads;
+# test_edm2.py runs it. The interface sweep below uses one level (encoder block, the middle pair
+# with its attention, two decoder blocks with mp_cat skips) to keep compilation short.
+EDM2_TINY = dict(name="edm2", channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
+                 channels_per_head=8)
+EDM2_ONE_LEVEL = dict(EDM2_TINY, channel_mult=(1,), attn_resolutions=())
 
 # Compilation dominates this file's runtime on CPU. Threefry keys make every parameter
 # initializer a separate unrolled hash (~10-20 s to compile a UNet init on 2 cores); the 'rbg'
@@ -95,6 +101,7 @@ COND_CASES = [
     ("unet", UNET_SMALL, (8, 8, 1), 0.2, None),
     ("dit_8x8x1", DIT_TINY, (8, 8, 1), 0.1, 1e-5),
     ("dit_16x16x3", DIT_TINY, (16, 16, 3), 0.1, 1e-5),
+    ("edm2", EDM2_ONE_LEVEL, (16, 16, 3), 0.2, None),
 ]
 
 
@@ -125,6 +132,11 @@ IMAGE_CASES = [
     # sCM adaptive double normalization (the cases above use the default 'adaptive_scale').
     ("16x16x3_double", dict(channels=16, channel_mult=(1, 2, 2), attn_resolutions=(8,),
                             emb_norm="adaptive_double"), (16, 16, 3), 2),
+    # EDM's DDPM++ topology (resampling residual blocks, last-block decoder attention), here with
+    # MeanFlow's [1, 3, 3, 1] resampling filter.
+    ("16x16x3_ddpmpp", dict(config_lib.ddpmpp_unet(
+        channels=16, channel_mult=(1, 2, 2), attn_resolutions=(8,), resample_filter=(1, 3, 3, 1), dropout=0.0,
+        num_blocks=1)), (16, 16, 3), 2),
 ]
 
 
@@ -132,7 +144,7 @@ IMAGE_CASES = [
                          ids=[c[0] for c in IMAGE_CASES])
 def test_unet_image_sizes_shape_and_dtype(cfg, data_shape, batch):
     """Every supported size runs end to end (zero-init itself is pinned on the 8x8 net above)."""
-    net = _build(dict(name="unet", num_blocks=1, **cfg), data_shape, num_classes=10)
+    net = _build(dict(dict(name="unet", num_blocks=1), **cfg), data_shape, num_classes=10)
     x, t = _inputs(data_shape, batch, 3)
     y = jnp.arange(batch, dtype=jnp.int32)
     params = _random_params(net, x, t, y)
@@ -367,6 +379,94 @@ def test_group_count_clamps_to_divisor():
     assert layers.group_count(8) == 8
     assert layers.group_count(48) == 16
     assert layers.group_count(3) == 1
+    # EDM's GroupNorm: min(32, C // 4) groups.
+    assert [layers.group_count(c, 32, 4) for c in (8, 16, 24, 128, 256)] == [2, 4, 6, 32, 32]
+
+
+def test_resample_matches_pooling_nearest_and_the_fir_definition():
+    """layers.resample against closed forms: filter [1, 1] is 2x2 average pooling / nearest x2;
+    [1, 3, 3, 1] is the separable strided correlation / transposed convolution written out."""
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3))
+    down = np.asarray(layers.resample(jnp.asarray(x), "down"))
+    np.testing.assert_allclose(down, x.reshape(2, 3, 2, 3, 2, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-6)
+    up = np.asarray(layers.resample(jnp.asarray(x), "up"))
+    np.testing.assert_allclose(up, x.repeat(2, axis=1).repeat(2, axis=2), rtol=1e-6)
+    np.testing.assert_array_equal(layers.resample(jnp.asarray(x), "keep"), jnp.asarray(x))
+    f = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
+
+    def down_1d(v, axis):  # y[i] = sum_k f[k] v[2i + k - 1], zero outside
+        v = np.moveaxis(v, axis, 0)
+        out = np.zeros((v.shape[0] // 2, *v.shape[1:]))
+        for i in range(out.shape[0]):
+            for k in range(4):
+                j = 2 * i + k - 1
+                if 0 <= j < v.shape[0]:
+                    out[i] += f[k] * v[j]
+        return np.moveaxis(out, 0, axis)
+
+    def up_1d(v, axis):  # transposed: v[i] adds 2 f[k] into y[2i + k - 1]
+        v = np.moveaxis(v, axis, 0)
+        out = np.zeros((2 * v.shape[0], *v.shape[1:]))
+        for i in range(v.shape[0]):
+            for k in range(4):
+                o = 2 * i + k - 1
+                if 0 <= o < out.shape[0]:
+                    out[o] += 2 * f[k] * v[i]
+        return np.moveaxis(out, 0, axis)
+
+    got = layers.resample(jnp.asarray(x), "down", (1, 3, 3, 1))
+    np.testing.assert_allclose(got, down_1d(down_1d(x, 1), 2), rtol=1e-5, atol=1e-6)
+    got = layers.resample(jnp.asarray(x), "up", (1, 3, 3, 1))
+    np.testing.assert_allclose(got, up_1d(up_1d(x, 1), 2), rtol=1e-5, atol=1e-6)
+
+
+def _analytic_ddpmpp_params(channels: int, mult, blocks: int, attn, res: int, img: int) -> int:
+    """Parameter count of EDM's DDPM++ (SongUNet) as described (independent of the Flax code):
+    biased 3x3 / 1x1 convs, GroupNorm scale + bias, one embedding Linear per block (no adaptive
+    scale), 1x1 skip projections in every resampling block, single-head attention."""
+    emb = 4 * channels
+    total = (channels * emb + emb) + (emb * emb + emb)  # map_layer0 / map_layer1 of the noise embedding
+
+    def block(cin, cout, resample=False, attention=False):
+        n = 2 * cin + (9 * cin * cout + cout) + (emb * cout + cout) + 2 * cout + (9 * cout * cout + cout)
+        if cin != cout or resample:
+            n += cin * cout + cout
+        if attention:
+            n += 2 * cout + (3 * cout * cout + 3 * cout) + (cout * cout + cout)
+        return n
+
+    total += 9 * img * channels + channels
+    skips, c = [channels], channels
+    for level, m in enumerate(mult):
+        r = res >> level
+        if level:
+            total += block(c, c, resample=True)
+            skips.append(c)
+        for _ in range(blocks):
+            total += block(c, channels * m, attention=r in attn)
+            c = channels * m
+            skips.append(c)
+    for level in reversed(range(len(mult))):
+        r = res >> level
+        total += block(c, c, attention=True) + block(c, c) if level == len(mult) - 1 else block(c, c, resample=True)
+        for i in range(blocks + 1):
+            cin, c = c + skips.pop(), channels * mult[level]
+            total += block(cin, c, attention=i == blocks and r in attn)
+    return total + 2 * c + (9 * c * img + img)
+
+
+def test_ddpmpp_parameter_count_matches_edm():
+    """EDM's DDPM++ for unconditional CIFAR-10 (config_lib.ddpmpp_unet): 55.7M parameters (EDM,
+    App. F.2); measured 55,732,739 from shapes."""
+    net = _build(dict(config_lib.ddpmpp_unet()), (32, 32, 3))
+    x, t = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
+    shapes = jax.eval_shape(net.init, _key(0), x, t)["params"]
+    count = models.count_params(shapes)
+    assert count == _analytic_ddpmpp_params(128, (2, 2, 2), 4, (16,), 32, 3)
+    assert abs(count - 55.7e6) / 55.7e6 < 0.005, count
+    # Decoder attention only on each level's last block; resampling blocks with a skip projection.
+    assert [k for k in shapes if k.startswith("dec_1_attn")] == ["dec_1_attn_4"]
+    assert "skip" in shapes["enc_0_down"] and "skip" in shapes["dec_1_up"]
 
 
 def test_label_embedding_null_row_and_invalid_ids():
@@ -402,7 +502,7 @@ def test_count_params():
         (dict(name="mlp", dtype="float16"), (2,), r"dtype must be one of"),
         (dict(name="unet", channels=30, num_heads=8), (8, 8, 1), r"num_heads=8 does not divide"),
         (dict(name="unet", emb_norm="adaptive"), (8, 8, 1),
-         r"emb_norm must be one of \['adaptive_scale', 'adaptive_double'\], got 'adaptive'"),
+         r"emb_norm must be one of \['adaptive_scale', 'adaptive_double', 'additive'\], got 'adaptive'"),
         (dict(name="mlp", emb_norm="adaptive_double"), (2,), r"unknown key\(s\) \['emb_norm'\]"),
     ],
     ids=["name", "unet_typo", "mlp_typo", "resolution", "nonsquare", "unet_rank", "mlp_rank",

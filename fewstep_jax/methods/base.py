@@ -5,6 +5,7 @@ static things (its typed config, the Flax module, the dataset info); every
 function it exposes is pure, so the training loop can `jax.jit` it:
 
   init_params(rng, example_batch)             -> params pytree
+  project_params(params)                      -> params after the post-update projection
   loss(params, ema_params, batch, rng, step, frozen, extra) -> (scalar loss, metrics dict)
   sample(params, rng, num_samples=, labels=, num_steps=, sampler=, guidance=) -> x
   nfe(num_steps, sampler)                     -> exact network evaluations
@@ -34,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fewstep_jax import models
 from fewstep_jax.config_lib import typed_view
 from fewstep_jax.methods import samplers
 
@@ -97,6 +99,12 @@ class Method(abc.ABC):
         d = jnp.zeros((1,), jnp.float32) if getattr(self.net, "use_d", False) else None
         variables = self.net.init({"params": rng}, x, t, y=y, d=d, train=False)
         return {"net": variables["params"]}
+
+    def project_params(self, params: Params) -> Params:
+        """The projection the training loop applies at init and after every optimizer update:
+        the network's own (models.param_projection, e.g. EDM2's forced weight normalization) on
+        params['net'], the identity elsewhere. Methods with more projected pieces extend it."""
+        return dict(params, net=models.param_projection(self.net)(params["net"]))
 
     def apply_net(
         self,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
 from fewstep_jax.methods.base import Method, ODEMethod, bcast, per_example_mean, register
-from fewstep_jax.methods.weighting import LogVariance
+from fewstep_jax.methods.weighting import LearnedLogVariance
 
 
 def edm_scalings(t: jax.Array, sigma_d: float, shift: float = 0.0) -> tuple[jax.Array, ...]:
@@ -76,7 +76,7 @@ class Preconditioned(Method):
 
 
 @register("edm")
-class EDM(Preconditioned, ODEMethod):
+class EDM(LearnedLogVariance, Preconditioned, ODEMethod):
     """EDM diffusion: the pretrained model for ECT / SCT, and a baseline."""
 
     time_convention = "EDM sigma: x_t = x0 + t eps, t = 0 data"
@@ -89,6 +89,7 @@ class EDM(Preconditioned, ODEMethod):
         label_dropout: float = 0.1  # rows trained with the null label (for CFG)
         learned_weighting: bool = False  # EDM2's learned log-variance u(t) (Karras et al. 2024, sec. 5)
         logvar_channels: int = 128
+        logvar_form: str = "positional"  # or 'mp_fourier', EDM2's head (methods/weighting.py)
         sigma_min: float = 0.002  # sampling schedule (EDM eq. 5)
         sigma_max: float = 80.0
         rho: float = 7.0
@@ -97,13 +98,7 @@ class EDM(Preconditioned, ODEMethod):
         self.check_common()
         if not 0 < self.cfg.sigma_min < self.cfg.sigma_max:
             raise ValueError("edm: need 0 < sigma_min < sigma_max")
-
-    def init_params(self, rng, example_batch):
-        k_net, k_w = jax.random.split(rng)
-        params = super().init_params(k_net, example_batch)
-        if self.cfg.learned_weighting:
-            params["logvar"] = LogVariance(self.cfg.logvar_channels).init(k_w, jnp.zeros((1,), jnp.float32))["params"]
-        return params
+        self.check_logvar()
 
     def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
         """EDM eq. 8 with lambda(t) = (t^2 + sigma_d^2) / (t sigma_d)^2, mean over pixels; with
@@ -121,7 +116,7 @@ class EDM(Preconditioned, ODEMethod):
         err = per_example_mean((D - x0) ** 2)
         per_example = weight * err
         if c.learned_weighting:
-            u = LogVariance(c.logvar_channels).apply({"params": params["logvar"]}, jnp.log(t) / 4.0)
+            u = self.logvar_net.apply({"params": params["logvar"]}, jnp.log(t) / 4.0)
             per_example = jnp.exp(-u) * per_example + u
         return jnp.mean(per_example), {"mse": jnp.mean(err)}
 

@@ -144,7 +144,9 @@ class SCT(ECT):
             extra["bank_count"] = jnp.minimum(extra["bank_count"] + batch["x"].shape[0], k)
         if c.guide_snapshot_step:
             if ema_params is None:
-                raise ValueError("sct: the guidance snapshot copies an EMA: set train.ema_decays or ema_halflives")
+                raise ValueError(
+                    "sct: the guidance snapshot copies an EMA: set train.ema_decays, ema_halflives or ema_sigma_rels"
+                )
             take = step + 1 == c.guide_snapshot_step
             extra["weak"] = jax.tree.map(lambda e, w: jnp.where(take, e, w), ema_params["net"], extra["weak"])
             extra["weak_step"] = jnp.where(take, step + 1, extra["weak_step"])

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
 from fewstep_jax.methods.base import ODEMethod, bcast, per_example_mean, register
-from fewstep_jax.methods.weighting import LogVariance
+from fewstep_jax.methods.weighting import LearnedLogVariance
 
 
 @register("trigflow")
-class TrigFlow(ODEMethod):
+class TrigFlow(LearnedLogVariance, ODEMethod):
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
     parameterization = "trigflow"  # F predicts v_t / sigma_d from (x_t / sigma_d, t)
 
@@ -36,6 +36,7 @@ class TrigFlow(ODEMethod):
         p_std: float = 1.4
         learned_weighting: bool = True  # EDM2 log-variance head u(t)
         logvar_channels: int = 128
+        logvar_form: str = "positional"  # or 'mp_fourier', EDM2's head (methods/weighting.py)
         label_dropout: float = 0.1  # rows trained with the null label (for CFG)
         # Sampling schedule (EDM): rho-spaced sigmas in [sigma_min, sigma_max], then 0.
         sigma_min: float = 0.002
@@ -50,18 +51,7 @@ class TrigFlow(ODEMethod):
             raise ValueError(f"trigflow: label_dropout must be in [0, 1), got {c.label_dropout}")
         if not 0 < c.sigma_min < c.sigma_max:
             raise ValueError("trigflow: need 0 < sigma_min < sigma_max")
-
-    # -- parameters --------------------------------------------------------
-    @property
-    def logvar_net(self) -> LogVariance:
-        return LogVariance(channels=self.cfg.logvar_channels)
-
-    def init_params(self, rng, example_batch):
-        k_net, k_w = jax.random.split(rng)
-        params = super().init_params(k_net, example_batch)
-        if self.cfg.learned_weighting:
-            params["logvar"] = self.logvar_net.init(k_w, jnp.zeros((1,), jnp.float32))["params"]
-        return params
+        self.check_logvar()
 
     # -- the model ---------------------------------------------------------
     def denoise(self, net_params, x_t, t, y=None, *, guidance=1.0):

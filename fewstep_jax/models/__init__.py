@@ -8,6 +8,10 @@ None (only when use_d), and returns an array of x's shape (float32, or float64 f
 
 `build` validates the config eagerly in Python, before any tracing, so a typo or an impossible
 architecture fails with a message instead of a shape error deep inside jit.
+
+A network may define `project_params(params) -> params`, a projection the training loop applies
+to its parameters at init and after every optimizer update (EDM2's forced weight normalization);
+`param_projection(net)` returns it, or the identity for networks without one.
 """
 
 from __future__ import annotations
@@ -22,10 +26,20 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.models.dit import DIT_SIZES, DiT
+from fewstep_jax.models.edm2 import EDM2, EDM2_SIZES
 from fewstep_jax.models.mlp import MLP
-from fewstep_jax.models.unet import EMB_NORMS, UNet, visited_resolutions
+from fewstep_jax.models.unet import (
+    DECODER_ATTNS,
+    EMB_NORMS,
+    RESAMPLINGS,
+    UNet,
+    visited_resolutions,
+)
 
-__all__ = ["REGISTRY", "build", "count_params", "DiT", "DIT_SIZES", "MLP", "UNet"]
+__all__ = [
+    "REGISTRY", "build", "count_params", "param_projection", "DiT", "DIT_SIZES", "EDM2",
+    "EDM2_SIZES", "MLP", "UNet",
+]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -77,19 +91,20 @@ def _make_mlp(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int
     )
 
 
-def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    if len(data_shape) != 3:
-        raise ValueError(f"unet needs a 3-D data_shape (H, W, C), got {data_shape}")
+def _levels(
+    cfg: Mapping[str, Any], data_shape: tuple[int, ...], network: str, channels: int
+) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """(channel_mult, attn_resolutions, attention widths) of a multi-resolution UNet on square
+    (H, W, C) images, checked: H divisible by 2**(levels - 1), attention only at visited
+    resolutions. Attention runs at those levels and always in the middle (deepest width)."""
     height, width, _ = data_shape
     channel_mult = tuple(int(m) for m in cfg["channel_mult"])
     if not channel_mult or min(channel_mult) < 1:
-        raise ValueError(
-            f"model.channel_mult must be a non-empty tuple of ints >= 1, got {channel_mult}"
-        )
+        raise ValueError(f"model.channel_mult must be a non-empty tuple of ints >= 1, got {channel_mult}")
     levels = len(channel_mult)
     if height != width or height % 2 ** (levels - 1) != 0:
         raise ValueError(
-            f"unet needs square images with H divisible by 2**(len(channel_mult)-1) = "
+            f"{network} needs square images with H divisible by 2**(len(channel_mult)-1) = "
             f"{2 ** (levels - 1)}; got data_shape {data_shape} with channel_mult {channel_mult}"
         )
     visited = visited_resolutions(height, channel_mult)
@@ -97,16 +112,34 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     missing = sorted(set(attn_resolutions) - set(visited))
     if missing:
         raise ValueError(
-            f"model.attn_resolutions {missing} are not visited by this UNet; at {height}x{width} "
+            f"model.attn_resolutions {missing} are not visited by this {network}; at {height}x{width} "
             f"with channel_mult {channel_mult} the resolutions are {visited}"
         )
+    widths = {channels * channel_mult[-1]} | {channels * channel_mult[visited.index(r)] for r in attn_resolutions}
+    return channel_mult, attn_resolutions, sorted(widths)
+
+
+def _float(cfg: Mapping[str, Any], key: str, *, zero_ok: bool = False) -> float:
+    value = float(cfg[key])
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"model.{key} must be {'>= 0' if zero_ok else 'positive'}, got {value}")
+    return value
+
+
+def _fir_filter(cfg: Mapping[str, Any]) -> tuple[int, ...]:
+    taps = tuple(cfg["resample_filter"])
+    if len(taps) < 2 or len(taps) % 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in taps):
+        raise ValueError(f"model.resample_filter must be an even number (>= 2) of positive ints, got {taps}")
+    return taps
+
+
+def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(data_shape) != 3:
+        raise ValueError(f"unet needs a 3-D data_shape (H, W, C), got {data_shape}")
     channels = _positive_int(cfg, "channels")
+    channel_mult, attn_resolutions, attn_widths = _levels(cfg, data_shape, "unet", channels)
     num_heads = _positive_int(cfg, "num_heads")
-    # Attention runs at the attention levels and always in the middle (deepest width).
-    attn_widths = {channels * channel_mult[-1]} | {
-        channels * channel_mult[visited.index(r)] for r in attn_resolutions
-    }
-    bad = sorted(w for w in attn_widths if w % num_heads)
+    bad = [w for w in attn_widths if w % num_heads]
     if bad:
         raise ValueError(f"model.num_heads={num_heads} does not divide attention widths {bad}")
     emb_dim = int(cfg["emb_dim"] or 0)
@@ -115,6 +148,10 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     emb_norm = cfg["emb_norm"]
     if emb_norm not in EMB_NORMS:
         raise ValueError(f"model.emb_norm must be one of {list(EMB_NORMS)}, got {emb_norm!r}")
+    for key, allowed in (("resample", RESAMPLINGS), ("decoder_attn", DECODER_ATTNS)):
+        if cfg[key] not in allowed:
+            raise ValueError(f"model.{key} must be one of {list(allowed)}, got {cfg[key]!r}")
+    resample_filter = _fir_filter(cfg)
     return UNet(
         channels=channels,
         channel_mult=channel_mult,
@@ -129,6 +166,11 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         num_classes=num_classes,
         dtype=_dtype(cfg),
         emb_norm=emb_norm,
+        resample=cfg["resample"],
+        resample_filter=resample_filter,
+        decoder_attn=cfg["decoder_attn"],
+        norm_eps=_float(cfg, "norm_eps"),
+        min_group_size=_positive_int(cfg, "min_group_size"),
     )
 
 
@@ -181,6 +223,48 @@ def _make_dit(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int
     )
 
 
+def _make_edm2(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """EDM2 (Karras et al. 2024). `size` (one of EDM2_SIZES, any case) fills `channels` when it is
+    None; an explicit `channels` wins."""
+    if len(data_shape) != 3:
+        raise ValueError(f"edm2 needs a 3-D data_shape (H, W, C), got {data_shape}")
+    cfg = dict(cfg)
+    if cfg["size"] is not None:
+        size = str(cfg["size"]).upper()
+        if size not in EDM2_SIZES:
+            raise ValueError(f"model.size must be one of {list(EDM2_SIZES)} (EDM2 Table 2), got {cfg['size']!r}")
+        if cfg["channels"] is None:
+            cfg["channels"] = EDM2_SIZES[size]
+    if cfg["channels"] is None:
+        raise ValueError(f"edm2 needs model.size (one of {list(EDM2_SIZES)}) or an explicit model.channels")
+    channels = _positive_int(cfg, "channels")
+    channel_mult, attn_resolutions, attn_widths = _levels(cfg, data_shape, "edm2", channels)
+    per_head = _positive_int(cfg, "channels_per_head")
+    bad = [w for w in attn_widths if w % per_head]
+    if bad:
+        raise ValueError(f"model.channels_per_head={per_head} does not divide attention widths {bad}")
+    balances = {k: float(cfg[k]) for k in ("res_balance", "attn_balance", "label_balance", "concat_balance")}
+    for key, value in balances.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"model.{key} must be in [0, 1], got {value}")
+    return EDM2(
+        channels=channels,
+        channel_mult=channel_mult,
+        num_blocks=_positive_int(cfg, "num_blocks"),
+        attn_resolutions=attn_resolutions,
+        dropout=_dropout(cfg),
+        dropout_res=_positive_int(cfg, "dropout_res", 0),
+        channels_per_head=per_head,
+        clip_act=_float(cfg, "clip_act", zero_ok=True),  # 0 disables clipping
+        fourier_bandwidth=_float(cfg, "fourier_bandwidth"),
+        time_scale=float(cfg["time_scale"]),
+        use_d=bool(cfg["use_d"]),
+        num_classes=num_classes,
+        dtype=_dtype(cfg),
+        **balances,
+    )
+
+
 REGISTRY: dict[str, NetworkSpec] = {
     "mlp": NetworkSpec(
         defaults=dict(
@@ -193,7 +277,8 @@ REGISTRY: dict[str, NetworkSpec] = {
         defaults=dict(
             name="unet", channels=64, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(),
             dropout=0.0, emb_dim=0, time_scale=1.0, use_d=False, num_groups=32, num_heads=1,
-            dtype="float32", emb_norm="adaptive_scale",
+            dtype="float32", emb_norm="adaptive_scale", resample="conv", resample_filter=(1, 1),
+            decoder_attn="all", norm_eps=1e-5, min_group_size=1,
         ),
         make=_make_unet,
     ),
@@ -204,11 +289,21 @@ REGISTRY: dict[str, NetworkSpec] = {
         ),
         make=_make_dit,
     ),
+    "edm2": NetworkSpec(
+        defaults=dict(
+            name="edm2", size=None, channels=None, channel_mult=(1, 2, 3, 4), num_blocks=3,
+            attn_resolutions=(16, 8), dropout=0.0, dropout_res=0, channels_per_head=64,
+            res_balance=0.3, attn_balance=0.3, clip_act=256.0, label_balance=0.5,
+            concat_balance=0.5, fourier_bandwidth=1.0, time_scale=1.0, use_d=False,
+            dtype="float32",
+        ),
+        make=_make_edm2,
+    ),
 }
 
 
 #: Networks named by paper configs that this version does not have yet.
-PLANNED_NETWORKS = {"edm2": "EDM2 magnitude-preserving UNet, Karras et al. 2024"}
+PLANNED_NETWORKS: dict[str, str] = {}
 
 
 def build(model_cfg: Any, *, data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -241,6 +336,16 @@ def build(model_cfg: Any, *, data_shape: tuple[int, ...], num_classes: int) -> n
         raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
     cfg = {**spec.defaults, **given}
     return spec.make(cfg, tuple(int(s) for s in data_shape), num_classes)
+
+
+def _identity(params: Any) -> Any:
+    return params
+
+
+def param_projection(net: nn.Module) -> Callable[[Any], Any]:
+    """The network's post-update projection of its parameters (`project_params`, e.g. EDM2's
+    forced weight normalization), or the identity."""
+    return getattr(net, "project_params", None) or _identity
 
 
 def count_params(params: Any) -> int:

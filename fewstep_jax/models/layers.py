@@ -111,9 +111,59 @@ def pixel_norm(a: Array, epsilon: float = 1e-8, axis: int = -1) -> Array:
     return a * jax.lax.rsqrt(mean_square + epsilon)
 
 
-def group_count(channels: int, requested: int = 32) -> int:
+RESAMPLE_MODES = ("keep", "down", "up")
+
+
+def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
+    """Resample NHWC x by a factor 2 with the separable FIR filter `fir` (normalized to sum 1):
+    the resampling of EDM's Conv2d up/down (Karras et al. 2022, App. F.2, resample_filter) and of
+    EDM2's `resample` (Karras et al. 2024, Fig. 21).
+
+      'down': depthwise correlation with outer(f, f), stride 2, padding (len(f) - 1) // 2
+              -> [B, H/2, W/2, C];  f = (1, 1) is 2x2 average pooling.
+      'up':   transposed depthwise convolution with 4 outer(f, f), stride 2, the same padding
+              -> [B, 2H, 2W, C];    f = (1, 1) is nearest-neighbour upsampling.
+      'keep': x unchanged.
+    A plain (grouped) convolution, so jax.jvp and jax.grad go through it.
+    """
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
+    if mode == "keep":
+        return x
+    f = jnp.asarray(fir, jnp.float32)
+    if f.ndim != 1 or f.shape[0] % 2 or f.shape[0] < 2:
+        raise ValueError(f"the resampling filter must have an even length >= 2, got {fir}")
+    f = f / jnp.sum(f)
+    size = f.shape[0]
+    pad = (size - 1) // 2
+    channels = x.shape[-1]
+    kernel = jnp.outer(f, f)
+    dims = ("NHWC", "HWIO", "NHWC")
+    if mode == "down":
+        kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
+        return jax.lax.conv_general_dilated(
+            x, kernel, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=dims,
+            feature_group_count=channels,
+        )
+    # Transposed convolution = correlation of the 2x-dilated input with the flipped kernel.
+    kernel = 4.0 * kernel[::-1, ::-1]
+    kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
+    edge = size - 1 - pad
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((edge, edge), (edge, edge)), lhs_dilation=(2, 2),
+        dimension_numbers=dims, feature_group_count=channels,
+    )
+
+
+def group_count(channels: int, requested: int = 32, min_group_size: int = 1) -> int:
     """Number of GroupNorm groups actually used: gcd(requested, channels), i.e. the largest group
-    count that divides both, so small or odd widths (8, 16, 48) work with the default 32."""
+    count that divides both, so small or odd widths (8, 16, 48) work with the default 32.
+
+    min_group_size > 1 first caps the request at channels // min_group_size (EDM's GroupNorm,
+    Karras et al. 2022: min(32, C // 4) groups, so narrow layers keep >= 4 channels per group).
+    """
+    if min_group_size > 1:
+        requested = max(1, min(int(requested), int(channels) // int(min_group_size)))
     return math.gcd(int(requested), int(channels))
 
 
@@ -128,13 +178,14 @@ class GroupNorm(nn.Module):
     """
 
     num_groups: int = 32
-    epsilon: float = 1e-5  # EDM / DDPM++ GroupNorm eps
+    epsilon: float = 1e-5  # GroupNorm eps (EDM's SongUNet DDPM++ blocks use 1e-6)
     dtype: Dtype = jnp.float32
+    min_group_size: int = 1  # see group_count
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         channels = x.shape[-1]
-        groups = group_count(channels, self.num_groups)
+        groups = group_count(channels, self.num_groups, self.min_group_size)
         stat_dtype = at_least_float32(x.dtype)
         h = x.astype(stat_dtype)
         grouped = h.reshape(*h.shape[:-1], groups, channels // groups)
@@ -206,6 +257,31 @@ class LabelEmbedding(nn.Module):
         return jnp.where(valid[:, None], rows, jnp.nan)
 
 
+def second_scalar(t: Array, d: Array | None, use_d: bool) -> Array | None:
+    """The second scalar conditioning of a network built with `use_d`: d (zeros when None, same
+    shape as t). None for a network without it; passing a d to such a network raises, so a
+    misconfigured method fails loudly instead of being ignored."""
+    if not use_d:
+        if d is not None:
+            raise ValueError(
+                "the network received a d (second scalar conditioning) but was built with "
+                "use_d=False; set model.use_d=True in the config"
+            )
+        return None
+    d = jnp.zeros_like(t) if d is None else jnp.asarray(d)
+    if d.shape != t.shape:
+        raise ValueError(f"d must have the shape of t {t.shape}, got {d.shape}")
+    return d
+
+
+def labels_or_null(y: Array | None, batch: int, num_classes: int) -> Array:
+    """Labels [B] for a conditional network: y, or all NULL (id num_classes) when None."""
+    y = jnp.full((batch,), num_classes, jnp.int32) if y is None else jnp.asarray(y)
+    if y.shape != (batch,):
+        raise ValueError(f"y must have shape [B] = ({batch},), got {y.shape}")
+    return y
+
+
 class ConditioningEmbedding(nn.Module):
     """The network-wide conditioning vector: time embedding (+ d embedding) (+ label embedding).
 
@@ -232,20 +308,11 @@ class ConditioningEmbedding(nn.Module):
             raise ValueError(f"t must have shape [B], got {t.shape}")
         batch = t.shape[0]
         emb = TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="time")(t)
-        if self.use_d:
-            d = jnp.zeros_like(t) if d is None else jnp.asarray(d)
-            if d.shape != t.shape:
-                raise ValueError(f"d must have the shape of t {t.shape}, got {d.shape}")
+        d = second_scalar(t, d, self.use_d)
+        if d is not None:
             emb = emb + TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="d")(d)
-        elif d is not None:
-            raise ValueError(
-                "the network received a d (second scalar conditioning) but was built with "
-                "use_d=False; set model.use_d=True in the config"
-            )
         if self.num_classes > 0:
-            y = jnp.full((batch,), self.num_classes, jnp.int32) if y is None else jnp.asarray(y)
-            if y.shape != (batch,):
-                raise ValueError(f"y must have shape [B] = ({batch},), got {y.shape}")
+            y = labels_or_null(y, batch, self.num_classes)
             emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(
                 emb.dtype
             )

@@ -1,17 +1,25 @@
-"""DDPM++-style UNet (Song et al. 2021, score_sde `ncsnpp` DDPM++ configs; EDM "SongUNet" with
+"""DDPM++ UNet (Song et al. 2021, score_sde `ncsnpp` DDPM++ configs; EDM "SongUNet" with
 DDPM++ settings, Karras et al. 2022 App. F.2), written for forward-mode AD.
 
-Differences from the reference DDPM++, on purpose:
-  - Resampling uses separate layers (stride-2 3x3 conv down; nearest x2 + 3x3 conv up, as in DDPM,
-    Ho et al. 2020 `resamp_with_conv`) instead of BigGAN resampling residual blocks.
-  - Time conditioning is positional_embedding(time_scale * t) (sCM sec. 4.1: c_noise(t) = t), with
-    an optional second scalar d and a label table that has a NULL row for CFG.
-  - Optional sCM (Lu & Song 2024) sec. 4.1 "adaptive double normalization" of the embedding
-    modulation (emb_norm='adaptive_double'); the default is DDPM++'s (emb_norm='adaptive_scale').
-Kept from DDPM++: adaptive scale/shift conditioning (adaptive_scale=True), skip_scale 1/sqrt(2) on
-every residual sum, GroupNorm + SiLU pre-activation blocks, self-attention at chosen resolutions
-and in the middle, Xavier-uniform init, near-zero init of residual branch ends and exact-zero init
-of the output conv (so the untrained network outputs 0).
+Two topologies share one ResBlock:
+  - The default ("DDPM++-style", the network of the digits results): separate resampling layers
+    (stride-2 3x3 conv down; nearest x2 + 3x3 conv up, as in DDPM, Ho et al. 2020
+    `resamp_with_conv`), attention after every decoder block of an attention level, DDPM++'s
+    adaptive scale/shift modulation (emb_norm='adaptive_scale'), GroupNorm eps 1e-5.
+  - EDM's DDPM++ exactly (EDM's CIFAR-10 network, ~55.7M parameters unconditional; the config
+    preset config_lib.ddpmpp_unet()): BigGAN-style resampling residual blocks (resample='residual': a ResBlock whose
+    3x3 conv and 1x1 skip projection see the input resampled with the FIR filter [1, 1]),
+    attention only on the last decoder block of a level (decoder_attn='last'), the embedding added
+    before the second GroupNorm (emb_norm='additive', EDM adaptive_scale=False), GroupNorm eps
+    1e-6 with at least 4 channels per group.
+Both: conditioning on positional_embedding(time_scale * t) (sCM sec. 4.1: c_noise(t) = t), an
+optional second scalar d and a label table with a NULL row for CFG (EDM instead adds a linear map
+of the one-hot label to the positional embedding); optional sCM (Lu & Song 2024) sec. 4.1
+"adaptive double normalization" (emb_norm='adaptive_double') with either topology. Kept from
+DDPM++: skip_scale 1/sqrt(2) on every residual sum, GroupNorm + SiLU pre-activation blocks,
+self-attention in the middle, Xavier-uniform init, near-zero init of residual branch ends and
+exact-zero init of the output conv (so the untrained network outputs 0; EDM scales a Xavier init by
+1e-5 there).
 """
 
 from __future__ import annotations
@@ -31,7 +39,12 @@ Array = jax.Array
 SKIP_SCALE = 1.0 / math.sqrt(2.0)  # DDPM++ skip_rescale: keeps the residual sum's variance
 
 # How a ResBlock modulates its second GroupNorm with the embedding (see ResBlock).
-EMB_NORMS = ("adaptive_scale", "adaptive_double")
+EMB_NORMS = ("adaptive_scale", "adaptive_double", "additive")
+# How the UNet changes resolution: separate conv layers, or resampling residual blocks (EDM).
+RESAMPLINGS = ("conv", "residual")
+# Which decoder blocks of an attention level get attention: all of them, or the level's last (EDM).
+DECODER_ATTNS = ("all", "last")
+
 
 
 def visited_resolutions(resolution: int, channel_mult: Sequence[int]) -> tuple[int, ...]:
@@ -52,16 +65,22 @@ def _conv(features: int, kernel: int, dtype: Any, name: str, init=layers.xavier_
 
 
 class ResBlock(nn.Module):
-    """DDPM++ residual block (score_sde ResnetBlockBigGAN / EDM UNetBlock, adaptive_scale=True):
+    """DDPM++ residual block (score_sde ResnetBlockBigGAN / EDM UNetBlock):
 
-        h = conv3x3(SiLU(GN(x)))
-        h = SiLU(modulate(GN(h), SiLU(emb)))
+        h = conv3x3(R(SiLU(GN(x))))
+        h = SiLU(modulate(h, SiLU(emb)))
         h = conv3x3_small_init(dropout(h))
-        out = (skip(x) + h) / sqrt(2)             # skip = 1x1 conv when widths differ
+        out = (skip(x) + h) / sqrt(2)
+
+    R is `resample` ('keep', or 'down' / 'up' by 2 with the FIR filter `resample_filter`,
+    layers.resample: EDM's resampling residual blocks). skip = 1x1 conv of R(x) when resampling
+    (EDM resample_proj=True) or when the widths differ, else x.
 
     `emb_norm` picks `modulate` (the projections act on the shared, already SiLU-ed emb):
       - 'adaptive_scale' (DDPM++ / EDM adaptive_scale=True), one Dense `emb_proj` to 2 * width:
             scale, shift = emb_proj(emb);  modulate = GN(h) * (1 + scale) + shift
+      - 'additive' (EDM's DDPM++ settings, adaptive_scale=False), one Dense `emb_proj` to width:
+            modulate = GN(h + emb_proj(emb))
       - 'adaptive_double' (sCM, Lu & Song 2024 sec. 4.1, adaptive double normalization), two
         separate Dense projections s = `emb_scale`, b = `emb_shift` to the block width:
             modulate = GN(h) * pnorm(s(emb)) + pnorm(b(emb)),
@@ -78,6 +97,15 @@ class ResBlock(nn.Module):
     num_groups: int = 32
     dtype: Any = jnp.float32
     emb_norm: str = "adaptive_scale"
+    resample: str = "keep"
+    resample_filter: tuple[int, ...] = (1, 1)
+    norm_eps: float = 1e-5
+    min_group_size: int = 1
+
+    def _norm(self, name: str) -> layers.GroupNorm:
+        return layers.GroupNorm(
+            self.num_groups, self.norm_eps, self.dtype, self.min_group_size, name=name
+        )
 
     def _dense(self, features: int, name: str) -> nn.Dense:
         return nn.Dense(
@@ -88,14 +116,20 @@ class ResBlock(nn.Module):
     def __call__(self, x: Array, emb_act: Array, train: bool) -> Array:
         if self.emb_norm not in EMB_NORMS:
             raise ValueError(f"emb_norm must be one of {EMB_NORMS}, got {self.emb_norm!r}")
-        h = nn.silu(layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_0")(x))
+        h = nn.silu(self._norm("norm_0")(x))
+        h = layers.resample(h, self.resample, self.resample_filter)
         h = _conv(self.out_channels, 3, self.dtype, "conv_0")(h)
-        h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_1")(h)
-        if self.emb_norm == "adaptive_scale":
+        if self.emb_norm == "additive":
+            # EDM adaptive_scale=False: the projection is a per-channel bias before the GroupNorm.
+            bias = self._dense(self.out_channels, "emb_proj")(emb_act)[:, None, None, :]
+            h = self._norm("norm_1")(h + bias.astype(h.dtype))
+        elif self.emb_norm == "adaptive_scale":
+            h = self._norm("norm_1")(h)
             params = self._dense(2 * self.out_channels, "emb_proj")(emb_act)
             scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
             h = h * (1.0 + scale) + shift
         else:
+            h = self._norm("norm_1")(h)
             scale = layers.pixel_norm(self._dense(self.out_channels, "emb_scale")(emb_act))
             shift = layers.pixel_norm(self._dense(self.out_channels, "emb_shift")(emb_act))
             # pnorm and the modulation in float32 (or float64), then back to the compute dtype.
@@ -106,9 +140,9 @@ class ResBlock(nn.Module):
         if self.dropout > 0.0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = _conv(self.out_channels, 3, self.dtype, "conv_1", init=layers.small_init())(h)
-        skip = x
-        if x.shape[-1] != self.out_channels:
-            skip = _conv(self.out_channels, 1, self.dtype, "skip")(x)
+        skip = layers.resample(x, self.resample, self.resample_filter)
+        if x.shape[-1] != self.out_channels or self.resample != "keep":
+            skip = _conv(self.out_channels, 1, self.dtype, "skip")(skip)
         return (skip + h) * SKIP_SCALE
 
 
@@ -123,6 +157,8 @@ class AttentionBlock(nn.Module):
     num_heads: int = 1
     num_groups: int = 32
     dtype: Any = jnp.float32
+    norm_eps: float = 1e-5
+    min_group_size: int = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -132,7 +168,9 @@ class AttentionBlock(nn.Module):
                 f"attention width {channels} not divisible by num_heads {self.num_heads}"
             )
         head_dim = channels // self.num_heads
-        h = layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+        h = layers.GroupNorm(
+            self.num_groups, self.norm_eps, self.dtype, self.min_group_size, name="norm"
+        )(x)
         # EDM init_attn: Xavier uniform with weight sqrt(0.2) for qkv.
         qkv = nn.Dense(
             3 * channels, dtype=self.dtype, name="qkv",
@@ -167,12 +205,14 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM++-style UNet: x [B, H, W, C] (H == W), t [B] -> [B, H, W, C].
+    """DDPM++ UNet: x [B, H, W, C] (H == W), t [B] -> [B, H, W, C].
 
     conv_in -> encoder (per level: num_blocks ResBlocks [+ attention], downsample except last)
     -> middle (ResBlock, attention, ResBlock) -> decoder (per level, reversed: num_blocks + 1
     ResBlocks each on [h, skip] concatenated [+ attention], upsample except last)
-    -> GroupNorm -> SiLU -> zero-init conv_out.
+    -> GroupNorm -> SiLU -> zero-init conv_out. Every encoder output (conv_in, blocks, downsample)
+    is a skip; downsample / upsample are conv layers (resample='conv') or ResBlocks that resample
+    (resample='residual', EDM's SongUNet).
 
     Fields: channels (base width), channel_mult (width multiplier per level), num_blocks,
     attn_resolutions (absolute spatial sizes that get attention), dropout, emb_dim (0 -> 4 *
@@ -180,7 +220,11 @@ class UNet(nn.Module):
     (0 = unconditional; id num_classes is NULL), dtype (computation dtype; params float32),
     emb_norm (one of EMB_NORMS: 'adaptive_scale' = DDPM++ GN(h) * (1 + scale) + shift;
     'adaptive_double' = sCM (Lu & Song 2024) sec. 4.1, adaptive double normalization,
-    GN(h) * pnorm(s(emb)) + pnorm(b(emb)); see ResBlock).
+    GN(h) * pnorm(s(emb)) + pnorm(b(emb)); 'additive' = EDM's DDPM++, GN(h + b(emb)); see
+    ResBlock), resample (RESAMPLINGS), resample_filter (FIR taps of resample='residual'),
+    decoder_attn (DECODER_ATTNS), norm_eps (GroupNorm eps), min_group_size (GroupNorm channels per
+    group at least, layers.group_count). The defaults are the DDPM++-style network;
+    config_lib.ddpmpp_unet() holds EDM's DDPM++.
     """
 
     channels: int = 64
@@ -196,6 +240,11 @@ class UNet(nn.Module):
     num_classes: int = 0
     dtype: Any = jnp.float32
     emb_norm: str = "adaptive_scale"
+    resample: str = "conv"
+    resample_filter: tuple[int, ...] = (1, 1)
+    decoder_attn: str = "all"
+    norm_eps: float = 1e-5
+    min_group_size: int = 1
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -241,13 +290,27 @@ class UNet(nn.Module):
         # Every block projects SiLU(emb); apply it once here (float32), cast in the projections.
         emb_act = nn.silu(emb)
 
-        def res_block(width: int, name: str) -> ResBlock:
+        if self.resample not in RESAMPLINGS or self.decoder_attn not in DECODER_ATTNS:
+            raise ValueError(
+                f"resample must be one of {RESAMPLINGS} and decoder_attn one of {DECODER_ATTNS}, "
+                f"got {self.resample!r}, {self.decoder_attn!r}"
+            )
+        norm = dict(norm_eps=self.norm_eps, min_group_size=self.min_group_size)
+
+        def res_block(width: int, name: str, resample: str = "keep") -> ResBlock:
             return ResBlock(
-                width, self.dropout, self.num_groups, self.dtype, self.emb_norm, name=name
+                width, self.dropout, self.num_groups, self.dtype, self.emb_norm, resample,
+                self.resample_filter, name=name, **norm,
             )
 
         def attn_block(name: str) -> AttentionBlock:
-            return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name)
+            return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name, **norm)
+
+        def change_resolution(h: Array, mode: str, name: str) -> Array:
+            if self.resample == "residual":
+                return res_block(h.shape[-1], name, mode)(h, emb_act, train)
+            layer = Downsample if mode == "down" else Upsample
+            return layer(self.dtype, name=name)(h)
 
         levels = len(self.channel_mult)
         resolution = x.shape[1]
@@ -260,7 +323,7 @@ class UNet(nn.Module):
                     h = attn_block(f"enc_{level}_attn_{block}")(h)
                 skips.append(h)
             if level != levels - 1:
-                h = Downsample(self.dtype, name=f"enc_{level}_down")(h)
+                h = change_resolution(h, "down", f"enc_{level}_down")
                 resolution //= 2
                 skips.append(h)
 
@@ -273,13 +336,17 @@ class UNet(nn.Module):
             for block in range(self.num_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = res_block(width, f"dec_{level}_res_{block}")(h, emb_act, train)
-                if resolution in self.attn_resolutions:
+                last = block == self.num_blocks
+                if resolution in self.attn_resolutions and (last or self.decoder_attn == "all"):
                     h = attn_block(f"dec_{level}_attn_{block}")(h)
             if level != 0:
-                h = Upsample(self.dtype, name=f"dec_{level}_up")(h)
+                h = change_resolution(h, "up", f"dec_{level}_up")
                 resolution *= 2
         assert not skips, "every encoder activation must be consumed by the decoder"
 
-        h = nn.silu(layers.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+        h = layers.GroupNorm(
+            self.num_groups, self.norm_eps, self.dtype, self.min_group_size, name="norm_out"
+        )(h)
+        h = nn.silu(h)
         out = _conv(x.shape[-1], 3, self.dtype, "conv_out", init=nn.initializers.zeros)(h)
         return out.astype(out_dtype)

@@ -34,6 +34,8 @@ Variants:
 
 Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
 `python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
+Training writes sample grids of the latents (channels 0-2); FID needs the images decoded by
+the VAE, which is not part of the suite, so train.eval_every = 0.
 """
 
 import ml_collections
@@ -46,7 +48,9 @@ STEPS_PER_EPOCH = 1_281_167 // 256  # ImageNet-1k train images at batch 256
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("b4", "xl", "smoke")) or "b4"
     c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215))
+    c.data = ml_collections.ConfigDict(
+        dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215, data_dir="")
+    )
     size, patch = ("XL", 2) if variant == "xl" else ("B", 4)
     c.model = ml_collections.ConfigDict(dict(name="dit", size=size, patch=patch, use_d=True, dtype="float32"))
     c.method = ml_collections.ConfigDict(
@@ -80,11 +84,12 @@ def get_config(arg: str | None = None):
             log_every=100,
             checkpoint_every=10_000,
             sample_every=10_000,
-            eval_every=50_000,
+            eval_every=0,  # FID needs decoded images; the VAE decoder is not in the suite
         )
     )
     c.eval.update(dict(sampler="euler", nfes=(1, 2), num_samples=50_000))
     if variant == "smoke":
         config_lib.smoke(c)
         c.model.update(dict(hidden=64, depth=2, num_heads=4))
+        c.train.eval_every = 0
     return c

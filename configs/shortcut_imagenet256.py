@@ -9,6 +9,8 @@ w = 1.5 baked into the finest bootstrap level (and applied at sampling only at 1
 
 Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
 `python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
+Training writes sample grids of the latents (channels 0-2); FID needs the images decoded by
+the VAE, which is not part of the suite, so train.eval_every = 0.
 Variants: `:b` (DiT-B/2, default), `:xl` (DiT-XL/2), `:smoke`.
 """
 
@@ -20,7 +22,9 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("b", "xl", "smoke"))
     c = config_lib.load_sibling(__file__, "shortcut_celebahq256", "smoke" if variant == "smoke" else None)
-    c.data = ml_collections.ConfigDict(dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215))
+    c.data = ml_collections.ConfigDict(
+        dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215, data_dir="")
+    )
     if variant != "smoke":
         c.model.size = "XL" if variant == "xl" else "B"
     c.method.update(dict(label_dropout=0.1, cfg_scale=1.5))

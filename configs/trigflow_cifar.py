@@ -22,7 +22,7 @@ from fewstep_jax import config_lib
 def get_config(arg: str | None = None):
     variant = config_lib.parse_variant(arg, ("smoke",))
     c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(dict(name="cifar10", conditional=False))
+    c.data = ml_collections.ConfigDict(dict(name="cifar10", conditional=False, data_dir=""))
     c.model = config_lib.ddpmpp_unet(dropout=0.13, emb_norm="adaptive_double")
     c.method = ml_collections.ConfigDict(
         dict(name="trigflow", sigma_d=0.5, p_mean=-1.0, p_std=1.4, learned_weighting=True, label_dropout=0.0)

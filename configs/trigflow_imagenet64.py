@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     size = variant if variant in SIZES else "s"
     lr, dropout = SIZES[size]
     c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(dict(name="imagenet64", conditional=True))
+    c.data = ml_collections.ConfigDict(dict(name="imagenet64", conditional=True, data_dir=""))
     # channels=None: model.size decides (an explicit channels value would win over it).
     c.model = ml_collections.ConfigDict(dict(name="edm2", size=size, channels=None, dropout=dropout, dropout_res=0))
     c.method = ml_collections.ConfigDict(

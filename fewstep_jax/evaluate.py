@@ -137,7 +137,12 @@ def generate_steps(
 
 
 def image_grid(images: np.ndarray, *, cols: int | None = None, scale: int = 1) -> np.ndarray:
-    """[N, H, W, C] in [-1, 1] -> uint8 [rows*(H+1)+1, cols*(W+1)+1, 3] with 1-px borders."""
+    """[N, H, W, C] in [-1, 1] -> uint8 [rows*(H+1)+1, cols*(W+1)+1, 3] with 1-px borders.
+
+    Grayscale is repeated to RGB; other channel counts (VAE latents) show channels 0-2 as RGB.
+    """
+    if images.shape[-1] not in (1, 3):
+        images = images[..., :3]
     n, h, w, c = images.shape
     cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))

@@ -271,7 +271,10 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
 
 
 def make_train_step(exp: Experiment):
-    """The jitted step: (state, batch) -> (state, metrics); state is donated."""
+    """The jitted step: (state, batch) -> (state, metrics); state is donated.
+
+    `step.lower(state, batch)` is its ahead-of-time lowering (benchmarks: compile time, FLOPs).
+    """
     method, tx, decays, schedule = exp.method, exp.tx, exp.decays, exp.schedule
     train_key = jax.random.fold_in(exp.base_key, TRAIN_STREAM)
     first_ema = exp.first_ema
@@ -301,7 +304,12 @@ def make_train_step(exp: Experiment):
         out_shardings=(exp.state_shardings, replicated),
         donate_argnums=(0,),
     )
-    return lambda state, batch: jitted(state, batch, exp.frozen)
+
+    def step(state, batch):
+        return jitted(state, batch, exp.frozen)
+
+    step.lower = lambda state, batch: jitted.lower(state, batch, exp.frozen)
+    return step
 
 
 def check_finite(state: state_lib.TrainState, exp: Experiment) -> None:
@@ -410,8 +418,8 @@ def train_and_evaluate(
 
     `stop_at` ends this invocation at that step with a checkpoint, exactly as a
     preemption would (for chunked jobs, and for testing exact resumption). A
-    workdir already trained to train.num_steps only gets its final samples and
-    evaluation written again.
+    workdir already trained to train.num_steps only gets its final samples (and,
+    unless train.eval_every = 0, its evaluation) written again.
     """
     if config_lib.typed_view(config_lib.TrainConfig, config.train, "train").eval_every:
         # e.g. FID without Inception weights: fail before anything is built or written
@@ -506,9 +514,10 @@ def train_and_evaluate(
     if start_step >= total:
         logging.info("the workdir is already trained to step %d: writing samples and metrics only", total)
         write_samples(exp, sample_fns, state, step, tag=f"step{step:07d}")
-        evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
-        summary["floor"] = evaluator.floor()
-        summary["eval"] = run_eval(exp, sample_fns, evaluator, state, step)
+        if exp.train.eval_every:
+            evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
+            summary["floor"] = evaluator.floor()
+            summary["eval"] = run_eval(exp, sample_fns, evaluator, state, step)
     elapsed = time.perf_counter() - t_start
     if summary["status"] == "running":
         summary["status"] = "finished"

@@ -80,7 +80,10 @@ def test_finished_workdir_only_rewrites_samples_and_metrics(tmp_path):
     train.train_and_evaluate(config, workdir)
     summary = train.train_and_evaluate(config, workdir)
     assert summary["start_step"] == summary["end_step"] == 5
-    assert "eval" in summary and os.listdir(os.path.join(workdir, "samples"))
+    assert "eval" not in summary and os.listdir(os.path.join(workdir, "samples"))  # eval_every=0: no metrics
+    config.train.eval_every = 5
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["start_step"] == 5 and "eval" in summary
 
 
 def test_checkpoint_retention_keeps_the_newest(tmp_path):

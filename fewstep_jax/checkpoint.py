@@ -36,6 +36,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, or from another experiment."""
 
 
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint directory exists but cannot be read (corrupted or incomplete files)."""
+
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
@@ -137,6 +142,19 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def quarantine(self, step: int) -> str:
+        """Moves an unreadable checkpoint out of the way (to WORKDIR/corrupt_checkpoints/STEP, kept
+        for inspection) so that training can write that step again; returns the new path."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.exists(target):
+                target = f"{target}.{len(os.listdir(os.path.dirname(target)))}"
+            os.replace(source, target)
+        self.manager.reload()
+        return target
+
     def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict) -> None:
         self.manager.save(
             step,
@@ -155,7 +173,7 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types; all mean "cannot read"
-            raise CheckpointError(self.unreadable(step, e)) from e
+            raise UnreadableCheckpoint(self.unreadable(step, e)) from e
         return restored["config"]
 
     def check_compatible(self, step: int, config: ml_collections.ConfigDict, *, allow_change: bool) -> None:
@@ -183,7 +201,7 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
-            raise CheckpointError(self.unreadable(step, e)) from e
+            raise UnreadableCheckpoint(self.unreadable(step, e)) from e
         return restored["state"], restored["data"]
 
     def unreadable(self, step: int, err: Exception) -> str:

@@ -263,11 +263,25 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
             state = with_pretrained_net(exp, state, net_params)
             logging.info("initialized the network from the EMA of %s", exp.train.init_from)
         return state, 0
-    exp.checkpointer.check_compatible(step, exp.config, allow_change=allow_config_change)
-    state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
-    exp.iterator.set_state(data_state)
-    logging.info("Resumed from %s at step %d", exp.checkpointer.directory, step)
-    return state, step
+    steps = sorted(exp.checkpointer.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            exp.checkpointer.check_compatible(step, exp.config, allow_change=allow_config_change)
+            state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
+        except ckpt_lib.UnreadableCheckpoint as e:
+            if i + 1 == len(steps):
+                raise
+            # A corrupted latest checkpoint (e.g. a file damaged after the atomic rename):
+            # set it aside and fall back to the previous one rather than losing the run.
+            moved = exp.checkpointer.quarantine(step)
+            logging.warning(
+                "%s\nMoved it to %s. Falling back to the previous checkpoint, step %d.", e, moved, steps[i + 1]
+            )
+            continue
+        exp.iterator.set_state(data_state)
+        logging.info("Resumed from %s at step %d", exp.checkpointer.directory, step)
+        return state, step
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def make_train_step(exp: Experiment):

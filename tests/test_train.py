@@ -392,3 +392,36 @@ def test_init_from_a_pretrained_run(tmp_path):
     missing.train.init_from = str(tmp_path / "nowhere")
     with pytest.raises(ckpt_lib.CheckpointError, match="no trained run at .*nowhere.*train it first"):
         train.train_and_evaluate(missing, str(tmp_path / "m"))
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    """A damaged latest checkpoint (its array files truncated after the atomic rename) is
+    detected at restore; training resumes from the previous checkpoint with a warning and ends
+    bit-identical to a run that never saw the damage."""
+    config = quiet(load_config("flow_toy2d"), 12)
+    config.train.checkpoint_every = 4
+    config.train.keep_checkpoints = 3
+    straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
+    train.train_and_evaluate(config, straight)
+    first = train.train_and_evaluate(config, damaged, stop_at=8)
+    assert first["end_step"] == 8
+    state_dir = os.path.join(damaged, "checkpoints", "8", "state")
+    truncated = 0
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            if size > 16:
+                with open(path, "r+b") as f:
+                    f.truncate(size // 2)
+                truncated += 1
+    assert truncated > 0
+    with caplog.at_level("WARNING"):
+        second = train.train_and_evaluate(config, damaged)
+    assert second["start_step"] == 4 and second["end_step"] == 12
+    assert any("Falling back to the previous checkpoint, step 4" in r.getMessage() for r in caplog.records)
+    step_a, state_a, _ = restore_latest(config, straight)
+    step_b, state_b, _ = restore_latest(config, damaged)
+    assert step_a == step_b == 12
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

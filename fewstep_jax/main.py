@@ -12,6 +12,7 @@ line before anything is compiled.
 from __future__ import annotations
 
 import logging as pylogging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -25,6 +26,15 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do with
 flags.DEFINE_bool(
     "allow_config_change", False, "Resume a checkpoint even though its saved config differs from --config."
 )
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process job (jax.distributed.initialize). Also on when FEWSTEP_DISTRIBUTED=1. "
+    "Without --coordinator_address JAX detects TPU pods and SLURM jobs itself.",
+)
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for jobs JAX cannot detect.")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", -1, "This process's id in 0..num_processes-1 (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -43,7 +53,10 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` and flag errors need no JAX start-up.
-    from fewstep_jax import checkpoint, train
+    from fewstep_jax import checkpoint, sharding, train
+
+    if FLAGS.distributed or os.environ.get("FEWSTEP_DISTRIBUTED") == "1":
+        sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
     logging.set_verbosity(logging.INFO)
     logging.get_absl_logger().addFilter(QuietLibraries())  # libraries logging through absl (orbax)

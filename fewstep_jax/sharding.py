@@ -8,6 +8,7 @@ shardings is the modern form of pjit.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import jax
@@ -41,3 +42,29 @@ def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> di
 def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
     """The same sharding for every leaf of `tree` (abstract or concrete)."""
     return jax.tree.map(lambda _: sharding, tree)
+
+
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """Joins JAX's multi-controller runtime (jax.distributed.initialize); never called at import.
+
+    With no arguments JAX detects the cluster itself (TPU pods, SLURM, Open MPI). Explicit
+    arguments (or FEWSTEP_COORDINATOR / FEWSTEP_NUM_PROCESSES / FEWSTEP_PROCESS_ID) describe the
+    job by hand, e.g. N processes on 127.0.0.1 (launch/local.sh). On CPU the cross-process
+    collectives use gloo. Must run before anything else touches JAX devices.
+    """
+    coordinator_address = coordinator_address or os.environ.get("FEWSTEP_COORDINATOR", "")
+    num_processes = num_processes or int(os.environ.get("FEWSTEP_NUM_PROCESSES", "0"))
+    if process_id < 0:
+        process_id = int(os.environ.get("FEWSTEP_PROCESS_ID", "-1"))
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; harmless elsewhere
+    kwargs: dict[str, Any] = {}
+    if coordinator_address:
+        if num_processes < 1 or process_id < 0:
+            raise ValueError(
+                "a coordinator address needs the number of processes and this process's id "
+                "(--num_processes / --process_id or FEWSTEP_NUM_PROCESSES / FEWSTEP_PROCESS_ID)"
+            )
+        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(**kwargs)

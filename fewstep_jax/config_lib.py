@@ -95,7 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    c.sharding = ml_collections.ConfigDict(dict(fsdp=1))
+    c.sharding = ml_collections.ConfigDict(
+        dict(
+            strategy="replicated",  # 'replicated' (data parallel) or 'fsdp' (sharded state, sharding.py)
+            fsdp=1,  # size of the mesh's 'fsdp' axis; the 'data' axis gets the remaining devices
+            min_shard_size=2**14,  # fsdp: leaves with fewer elements stay replicated
+        )
+    )
     return c
 
 
@@ -289,7 +295,9 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ShardingConfig:
+    strategy: str = "replicated"
     fsdp: int = 1
+    min_shard_size: int = 2**14
 
 
 TOP_LEVEL_KEYS = ("seed", "data", "model", "method", "optim", "train", "eval", "sharding")
@@ -349,6 +357,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise ValueError(f"EMA sigma_rel must be in (0, 1/sqrt(12) = {12**-0.5:.4f}), got {sr}")
     if sharding.fsdp < 1 or num_devices % sharding.fsdp:
         raise ValueError(f"sharding.fsdp={sharding.fsdp} must divide the device count {num_devices}")
+    if sharding.strategy not in ("replicated", "fsdp"):
+        raise ValueError(f"sharding.strategy must be 'replicated' or 'fsdp', got {sharding.strategy!r}")
+    if sharding.min_shard_size < 1:
+        raise ValueError(f"sharding.min_shard_size must be >= 1, got {sharding.min_shard_size}")
     if train.batch_size % num_devices:
         raise ValueError(
             f"global batch size train.batch_size={train.batch_size} is not divisible by the "

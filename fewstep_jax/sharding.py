@@ -1,13 +1,20 @@
 """Device mesh, shardings, and global batches.
 
-The mesh has axes ('data', 'fsdp'). Batches are sharded along their leading axis
-over both axes; parameters, optimizer state and EMAs are replicated (FSDP
-parameter sharding arrives with the scale-out work). `jax.jit` with in/out
-shardings is the modern form of pjit.
+The mesh has axes ('data', 'fsdp'). Batches are sharded along their leading axis over both
+axes. The train state (parameters, optimizer state, EMAs, method state) follows
+`sharding.strategy`:
+  replicated  every device holds the whole state (data parallelism);
+  fsdp        fully sharded data parallelism (ZeRO-3 style): every leaf with at least
+              `min_shard_size` elements is split along its largest axis divisible by the 'fsdp'
+              axis size; smaller or indivisible leaves stay replicated. The rule depends only on
+              a leaf's shape, so Adam's moments and the EMAs are sharded exactly like the
+              parameters they track. XLA inserts the all-gathers / reduce-scatters.
+`jax.jit` with in/out shardings is the modern form of pjit.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping
 
@@ -37,6 +44,37 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assemble each process's numpy slice into one globally sharded jax.Array."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
+    """PartitionSpec of one leaf under FSDP: its largest axis divisible by fsdp_size over 'fsdp'
+    (ties: the first such axis), or replicated when the leaf is small or no axis divides."""
+    if fsdp_size <= 1 or math.prod(shape) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda i: (-shape[i], i)):
+        if shape[axis] % fsdp_size == 0:
+            return P(*(["fsdp" if i == axis else None for i in range(len(shape))]))
+    return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, strategy: str = "replicated", min_size: int = 2**14) -> Any:
+    """Shardings of a train state (abstract or concrete leaves) under `strategy` (module doc)."""
+    if strategy == "replicated":
+        return tree_shardings(abstract_state, replicated(mesh))
+    if strategy != "fsdp":
+        raise ValueError(f"unknown sharding strategy {strategy!r}; expected 'replicated' or 'fsdp'")
+    size = mesh.shape["fsdp"]
+    return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), size, min_size)), abstract_state)
+
+
+def sharded_fraction(abstract_state: Any, shardings: Any) -> tuple[int, int]:
+    """(elements in sharded leaves, all elements): how much of the state FSDP splits."""
+    sharded = total = 0
+    for leaf, sharding in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings)):
+        n = math.prod(leaf.shape)
+        total += n
+        sharded += n if any(axis is not None for axis in sharding.spec) else 0
+    return sharded, total
 
 
 def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:

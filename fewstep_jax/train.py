@@ -114,14 +114,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
 
     mesh = sharding_lib.make_mesh(sharding.fsdp)
     batch_sharding = sharding_lib.batch_sharding(mesh)
-    replicated = sharding_lib.replicated(mesh)
     example = {
         "x": np.zeros((1, *info.shape), np.float32),
         "y": np.zeros((1,), np.int32),
     }
     init_key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
     abstract = jax.eval_shape(lambda k: fresh_state(method, k, example, tx, decays), init_key)
-    state_shardings = sharding_lib.tree_shardings(abstract, replicated)
+    state_shardings = sharding_lib.state_shardings(abstract, mesh, sharding.strategy, sharding.min_shard_size)
+    if sharding.strategy == "fsdp":
+        split, total = sharding_lib.sharded_fraction(abstract, state_shardings)
+        logging.info(
+            "fsdp: %d of %d train-state elements (%.1f%%) sharded over %d devices",
+            split, total, 100.0 * split / max(total, 1), mesh.shape["fsdp"],
+        )
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
     return Experiment(
         config=config,

@@ -183,6 +183,48 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert steps[-1] == summary["end_step"]
 
 
+def test_sigkill_resumes_from_the_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
+    """SIGKILL gives no chance to save: the rerun resumes from the last complete checkpoint
+    (a save the kill interrupted is left in Orbax's temporary directory and ignored) and ends
+    bit-identical to a run that was never killed."""
+    common = [
+        "--config=configs/flow_toy2d.py:smoke",
+        "--config.train.num_steps=40",
+        "--config.train.log_every=2",
+        "--config.train.checkpoint_every=4",
+        "--config.train.keep_checkpoints=20",
+        "--config.train.eval_every=0",
+        "--config.train.sample_every=0",
+    ]
+    killed, straight = str(tmp_path / "killed"), str(tmp_path / "straight")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fewstep_jax.main", *common, f"--workdir={killed}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    checkpoints = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 240
+    while not (os.path.isdir(checkpoints) and any(d.isdigit() and int(d) >= 8 for d in os.listdir(checkpoints))):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    before = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    assert before < 40
+
+    res = run_cli([*common, f"--workdir={killed}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"at step {before}" in res.stderr  # "Resumed from ... at step N"
+    assert run_cli([*common, f"--workdir={straight}"]).returncode == 0
+    config = load_config("flow_toy2d")
+    step_a, state_a, _ = restore_latest(config, straight)
+    step_b, state_b, _ = restore_latest(config, killed)
+    assert step_a == step_b == 40
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ---------------------------------------------------------------------------
 # Eight simulated devices
 

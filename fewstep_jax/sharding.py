@@ -106,3 +106,4 @@ def initialize_distributed(
             )
         kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
     jax.distributed.initialize(**kwargs)
+

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import parameter_overview
+from jax.experimental import multihost_utils
 
 from fewstep_jax import checkpoint as ckpt_lib
 from fewstep_jax import config_lib
@@ -67,6 +68,7 @@ class Experiment:
     abstract_state: Any
     checkpointer: ckpt_lib.Checkpointer
     is_main: bool
+    multi_process: bool = False
     frozen: Any = None  # the method's frozen inputs (e.g. sCD's teacher), replicated
 
     @property
@@ -146,6 +148,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_shardings),
         checkpointer=checkpointer,
         is_main=jax.process_index() == 0,
+        multi_process=jax.process_count() > 1,
     )
 
 
@@ -345,13 +348,20 @@ def check_finite(state: state_lib.TrainState, exp: Experiment) -> None:
 
 
 class PreemptionFlag:
-    """Turns SIGTERM into a flag the loop checks after every step."""
+    """Turns SIGTERM into a flag the loop checks after every step.
 
-    def __init__(self):
+    install=False leaves SIGTERM alone: in a multi-process job jax.distributed's preemption
+    notifier owns it and the loop asks `reached_preemption_sync_point` instead.
+    """
+
+    def __init__(self, install: bool = True):
         self.triggered = False
         self.previous = None
+        self.install = install
 
     def __enter__(self):
+        if not self.install:
+            return self
         try:
             self.previous = signal.signal(signal.SIGTERM, self.handle)
         except ValueError:  # not the main thread: no handler, no preemption support
@@ -483,7 +493,7 @@ def train_and_evaluate(
     last_saved = step
 
     try:
-        with PreemptionFlag() as preempt:
+        with PreemptionFlag(install=not exp.multi_process) as preempt:
             while step < total:
                 batch = sharding_lib.global_batch(next(exp.iterator), exp.batch_sharding)
                 state, metrics = train_step(state, batch)
@@ -518,6 +528,10 @@ def train_and_evaluate(
                     writer.write_scalars(step, results)
                     summary["eval"] = results
                 t_aside += time.perf_counter() - t_aside_start
+                if exp.multi_process:
+                    # jax.distributed's preemption notifier owns SIGTERM in a multi-process job; the
+                    # sync point is true on every process at the same step once any process got it.
+                    preempt.triggered = multihost_utils.reached_preemption_sync_point(step)
                 if (preempt.triggered or step == stop_at) and not last:
                     reason = "SIGTERM received" if preempt.triggered else f"stop_at={stop_at} reached"
                     logging.warning("%s: saving a checkpoint at step %d and exiting", reason, step)

@@ -7,10 +7,14 @@ and checkpoints (process 0 writes logs and images; every process takes part in t
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -96,3 +100,43 @@ def test_fsdp_matches_replicated_on_eight_devices_and_restores_on_one(replicated
     _, state_f, _ = restore_latest(config, runs["fsdp"])  # sharded on 8 devices, restored on 1
     for a, b in zip(jax.tree.leaves(state_r), jax.tree.leaves(state_f)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """Preemption often signals one host first. The processes agree on every step (a one-int
+    all-gather), so all of them save the same checkpoint and exit cleanly instead of one leaving
+    the others blocked in a collective."""
+    workdir = str(tmp_path / "w")
+    port = free_port()
+    args = [
+        "--config=configs/flow_toy2d.py:smoke", f"--workdir={workdir}", "--config.train.num_steps=1000000",
+        "--config.train.log_every=5", "--config.train.checkpoint_every=1000000",
+        "--config.train.eval_every=0", "--config.train.sample_every=0",
+    ]
+    procs = []
+    for i in range(2):
+        env = dict(
+            os.environ, FEWSTEP_DISTRIBUTED="1", FEWSTEP_COORDINATOR=f"127.0.0.1:{port}", FEWSTEP_NUM_PROCESSES="2",
+            FEWSTEP_PROCESS_ID=str(i), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+        )
+        log = open(tmp_path / f"process{i}.log", "w")  # files, not pipes: a full pipe would block
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fewstep_jax.main", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        ))
+        log.close()
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert all(p.poll() is None for p in procs), (tmp_path / "process0.log").read_text()[-3000:]
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(timeout=240)
+    outs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    stops = [int(re.search(r"saving a checkpoint at step (\d+)", out).group(1)) for out in outs]
+    assert stops[0] == stops[1] > 0
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["status"] == "preempted"
+    assert str(stops[0]) in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -124,15 +124,20 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path):
             [sys.executable, "-m", "fewstep_jax.main", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         ))
         log.close()
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 300
-    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-        assert all(p.poll() is None for p in procs), (tmp_path / "process0.log").read_text()[-3000:]
-        assert time.time() < deadline, "training never started"
-        time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(timeout=240)
+    try:
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        deadline = time.time() + 300
+        while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+            assert all(p.poll() is None for p in procs), (tmp_path / "process0.log").read_text()[-3000:]
+            assert time.time() < deadline, "training never started"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:  # never leave a training process behind
+            if p.poll() is None:
+                p.kill()
     outs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     stops = [int(re.search(r"saving a checkpoint at step (\d+)", out).group(1)) for out in outs]

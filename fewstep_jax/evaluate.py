@@ -174,12 +174,10 @@ def save_samples_png(
         scale = max(1, 32 // samples.shape[1])
         Image.fromarray(image_grid(samples, cols=cols, scale=scale)).save(path)
         return
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", label="data")
     ax.scatter(samples[:, 0], samples[:, 1], s=1, c="tab:blue", label="samples")
@@ -189,19 +187,16 @@ def save_samples_png(
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_metric_vs_nfe(
     series: list[tuple[str, list[dict]]], metric: str, floor: float | None, path: str, title: str
 ) -> None:
     """Metric vs NFE (log-log), one line per (label, rows) series, with the real-data floor."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    fig = Figure(figsize=(5.5, 3.8), dpi=110)
+    ax = fig.subplots()
     for label, rows in series:
         rows = sorted(rows, key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in rows], [r[metric] for r in rows], "o-", label=label)
@@ -215,7 +210,6 @@ def plot_metric_vs_nfe(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------

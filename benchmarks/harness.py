@@ -1,0 +1,369 @@
+"""One method's training step and sampler on the network every method shares: build, compile, time.
+
+A method's own config (configs/<method>_digits.py) supplies its objective, optimizer and EMAs;
+its network section is replaced by the benchmark network's, keeping only the method's second
+conditioning input (model.use_d: shortcut's step size, MeanFlow's interval), and the global batch
+is the benchmark's. Pretrained weights do not change the cost of a step, so none are read:
+methods that tune a pretrained model (train.init_from: sCM, ECT, SCT) start from random weights,
+and sCD's frozen teacher is a randomly initialized TrigFlow network of the same architecture.
+
+Networks other than the digits UNet are fed random batches of their dataset's shape, so no
+dataset has to be prepared; batches are made before timing and never count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+import sys
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fewstep_jax import config_lib, models, sharding, train
+from fewstep_jax import data as data_lib
+from fewstep_jax import evaluate as eval_lib
+from fewstep_jax import methods as methods_lib
+from fewstep_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Every benchmarked method, the reference (flow matching) first; each takes its settings from
+#: configs/<method>_digits.py.
+METHODS = ("flow", "trigflow", "scm_sct", "scm_scd", "edm", "ect", "sct", "shortcut", "meanflow")
+REFERENCE = "flow"
+
+#: Distinct batches cycled through by the timed steps.
+NUM_BATCHES = 4
+TEACHER_SEED = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A benchmark network and the data it sees: `shape` None is the embedded digits data;
+    otherwise random batches of that shape with `num_classes` labels and std `data_std`."""
+
+    name: str
+    title: str
+    default_batch: int
+    data: dict[str, Any]
+    shape: tuple[int, ...] | None = None
+    num_classes: int = 0
+    data_std: float = 1.0
+
+
+NETWORKS = {
+    n.name: n
+    for n in (
+        Network(
+            "digits", "digits UNet of configs/flow_digits.py (8x8x1, 10 classes, embedded digits data)", 64,
+            dict(name="digits", conditional=True),
+        ),
+        Network(
+            "ddpmpp", "DDPM++ of configs/trigflow_cifar.py (CIFAR-10 32x32x3, unconditional, random batches)", 128,
+            dict(name="cifar10", conditional=False), shape=(32, 32, 3), data_std=0.5,
+        ),
+        Network(
+            "dit_b2", "DiT-B/2 in bfloat16 (32x32x4 latents, 1,000 classes, random batches)", 256,
+            dict(name="imagenet256_latents", conditional=True), shape=(32, 32, 4), num_classes=1000,
+        ),
+    )
+}
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    return config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name, None)
+
+
+def network_model(network: str) -> ml_collections.ConfigDict:
+    """The model section of a benchmark network."""
+    if network == "digits":
+        return load_config("flow_digits").model
+    if network == "ddpmpp":
+        return load_config("trigflow_cifar").model
+    if network == "dit_b2":
+        return ml_collections.ConfigDict(dict(name="dit", size="B", patch=2, dtype="bfloat16"))
+    raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+
+
+def bench_config(
+    method: str, network: str, batch_size: int, model_overrides: dict[str, Any]
+) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """(config of `method` on the benchmark network and batch, notes on what was changed)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    config = load_config(f"{method}_digits")
+    use_d = config.model.get("use_d", False)
+    config.model = network_model(network)
+    config.model.update(model_overrides)
+    if use_d:
+        config.model.use_d = True
+    config.data = ml_collections.ConfigDict(NETWORKS[network].data)
+    config.train.batch_size = batch_size
+    config.train.update(dict(sample_every=0, eval_every=0))
+    notes = []
+    if config.train.init_from:
+        notes.append(f"random weights instead of the pretrained {config.train.init_from}")
+        config.train.init_from = ""
+    return config, notes
+
+
+@contextlib.contextmanager
+def random_batches(network: Network) -> Iterator[None]:
+    """While active, datasets are built as random batches of the network's data shape (no-op
+    for the embedded digits data). Only `setup` needs it: the iterator it returns keeps working."""
+    if network.shape is None:
+        yield
+        return
+    info = data_lib.DatasetInfo(network.data["name"], network.shape, network.num_classes, network.data_std)
+
+    def build(data_cfg, *, seed, global_batch_size, process_index=0, process_count=1):
+        del data_cfg
+
+        def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+            return network.data_std * rng.standard_normal((n, *network.shape), dtype=np.float32)
+
+        layout = dict(
+            seed=seed, global_batch_size=global_batch_size, process_index=process_index, process_count=process_count
+        )
+        return info, pipeline.FreshSampleIterator(draw, **layout)
+
+    original = data_lib.build_dataset
+    data_lib.build_dataset = build
+    try:
+        yield
+    finally:
+        data_lib.build_dataset = original
+
+
+@contextlib.contextmanager
+def unoptimized_compilation() -> Iterator[None]:
+    """Compile without XLA's expensive optimizations while active: for functions that run once
+    (initialization), whose compilation at the digits scale costs nearly as much as the train
+    step's. Never around anything that is timed."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:
+    return {"x": np.zeros((1, *info.shape), np.float32), "y": np.zeros((1,), np.int32)}
+
+
+def attach_random_teacher(exp: train.Experiment) -> bool:
+    """exp.frozen as train.attach_frozen sets it, but a teacher the method asks for (sCD's) is a
+    TrigFlow network of this architecture with random weights. Returns whether one was asked for."""
+    asked = []
+
+    def loader(workdir: str):
+        asked.append(workdir)
+        config = ml_collections.ConfigDict(exp.config.to_dict())
+        sigma_d = getattr(exp.method.cfg, "sigma_d", 0.5)
+        config.method = ml_collections.ConfigDict(dict(name="trigflow", sigma_d=sigma_d))
+        if config.model.get("use_d", False):
+            config.model.use_d = False  # the teacher takes no second input
+        net = models.build(config.model, data_shape=exp.info.shape, num_classes=exp.info.num_classes)
+        teacher = methods_lib.build(config.method, net, exp.info)
+        params = jax.jit(teacher.init_params)(jax.random.key(TEACHER_SEED), example_batch(exp.info))
+        return config, params["net"]
+
+    frozen = exp.method.load_frozen(loader)
+    if frozen is not None:
+        exp.frozen = jax.device_put(frozen, sharding.replicated(exp.mesh))
+    return bool(asked)
+
+
+def first_cost(analysis: Any) -> dict[str, float] | None:
+    """compiled.cost_analysis() is a dict, or a list of one dict per program on older jax."""
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    return analysis or None
+
+
+def host_memory() -> dict[str, float | None]:
+    """This process's peak resident set (ru_maxrss: monotone over the process's life) and the
+    current one, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    current = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return {"host_peak_rss_mib": peak_mib, "host_rss_mib": current}
+
+
+def device_peak_mib() -> float | None:
+    """Peak device memory of this process (memory_stats peak_bytes_in_use; None on CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+def steps_for_nfe(method: methods_lib.Method, nfe: int, sampler: str) -> tuple[int, str] | None:
+    """(step count, sampler) that makes exactly `nfe` network evaluations with the method's
+    configured sampler, else with Euler; None when the method cannot."""
+    for name in dict.fromkeys((sampler, "euler")):
+        for steps in range(1, nfe + 1):
+            try:
+                method.check_steps(steps)
+            except ValueError:
+                continue
+            if method.nfe(steps, name) == nfe:
+                return steps, name
+    return None
+
+
+@dataclasses.dataclass
+class SamplerRun:
+    """One sampling call: `steps` steps of `sampler` on `batch_size` images; the first call compiles."""
+
+    fns: eval_lib.SampleFns
+    params: Any
+    labels: jax.Array | None
+    batch_size: int
+    steps: int
+    sampler: str
+
+    def __call__(self, seed: int) -> float:
+        """Seconds of one call, waited for with block_until_ready."""
+        start = time.perf_counter()
+        x = self.fns(
+            self.params,
+            jax.random.key(seed),
+            labels=self.labels,
+            num_samples=self.batch_size,
+            num_steps=self.steps,
+            sampler=self.sampler,
+            guidance=1.0,
+        )
+        jax.block_until_ready(x)
+        return time.perf_counter() - start
+
+
+class MethodBench:
+    """One method on the benchmark network: experiment, train state, batches, compiled step."""
+
+    def __init__(
+        self,
+        method: str,
+        network: str,
+        batch_size: int,
+        workdir: str,
+        model_overrides: dict[str, Any] | None = None,
+    ):
+        self.name = method
+        self.config, self.notes = bench_config(method, network, batch_size, model_overrides or {})
+        with random_batches(NETWORKS[network]):
+            self.exp = train.setup(self.config, os.path.join(workdir, method))
+        with unoptimized_compilation():
+            if attach_random_teacher(self.exp):
+                self.notes.append("frozen teacher: a TrigFlow network of the same architecture, random weights")
+            self.state = train.init_state(self.exp)
+        self.step = train.make_train_step(self.exp)
+        self.batches = [
+            sharding.global_batch(next(self.exp.iterator), self.exp.batch_sharding) for _ in range(NUM_BATCHES)
+        ]
+        self.num_params = models.count_params(self.state.params["net"])
+        self.compiled = None
+        self.cursor = 0
+
+    def compile(self) -> dict[str, Any]:
+        """Ahead-of-time lower + compile of the train step; its FLOPs and XLA's memory plan."""
+        start = time.perf_counter()
+        lowered = self.step.lower(self.state, self.batches[0])
+        lowered_at = time.perf_counter()
+        self.compiled = lowered.compile()
+        done = time.perf_counter()
+        cost = first_cost(self.compiled.cost_analysis())
+        flops = cost.get("flops") if cost else None
+        memory = self.compiled.memory_analysis()
+        plan = None
+        if memory is not None:
+            plan = {
+                k: getattr(memory, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "alias", "temp")
+            }
+        return {
+            "lower_s": lowered_at - start,
+            "compile_s": done - lowered_at,
+            "flops_per_step": float(flops) if flops and flops > 0 else None,
+            "xla_memory_mib": plan,
+        }
+
+    def run(self, num_steps: int) -> list[float]:
+        """Seconds of each of `num_steps` training steps, each waited for with block_until_ready."""
+        times = []
+        for _ in range(num_steps):
+            batch = self.batches[self.cursor % NUM_BATCHES]
+            self.cursor += 1
+            start = time.perf_counter()
+            self.state, metrics = self.compiled(self.state, batch, self.exp.frozen)
+            jax.block_until_ready((self.state, metrics))
+            times.append(time.perf_counter() - start)
+        return times
+
+    def samplers(self, nfes: list[int], batch_size: int) -> dict[int, SamplerRun | None]:
+        """For each NFE, one sampling call of `batch_size` images (rounded up to the device count)
+        with the method's sampler at that many network evaluations; None where it has none. They
+        hold the current EMA weights: make them after the last train step, which donates the state."""
+        fns = eval_lib.SampleFns(self.exp.method, self.exp.batch_sharding)
+        batch_size = -(-batch_size // fns.num_shards) * fns.num_shards
+        params = self.exp.sampling_params(self.state)
+        labels = eval_lib.eval_labels(self.exp.info.num_classes, batch_size)
+        labels = None if labels is None else jnp.asarray(labels)
+        runs: dict[int, SamplerRun | None] = {}
+        for nfe in nfes:
+            plan = steps_for_nfe(self.exp.method, nfe, self.exp.eval.sampler)
+            runs[nfe] = None if plan is None else SamplerRun(fns, params, labels, batch_size, *plan)
+        return runs
+
+    def close(self) -> None:
+        self.exp.checkpointer.close()
+
+
+#: Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by device-kind substring and
+#: compute dtype; the first match wins.
+DATASHEET_TFLOPS = (
+    ("H100 PCIe", "bfloat16", 756.0),
+    ("H100 NVL", "bfloat16", 835.5),
+    ("H100", "bfloat16", 989.4),
+    ("H200", "bfloat16", 989.4),
+    ("A100", "bfloat16", 312.0),
+)
+
+
+def measured_matmul_tflops(dtype: str, reps: int = 5) -> float:
+    """TFLOP/s of one square matmul in `dtype` (n = 8192 on accelerators, 2048 on CPU): the
+    throughput this device reaches on the easiest kernel, a lower bound on its peak."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jnp.ones((n, n), getattr(jnp, dtype))
+    matmul = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+    jax.block_until_ready(matmul(a, a))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(times)) / 1e12
+
+
+def peak_tflops(dtype: str, given: float = 0.0) -> tuple[float, str]:
+    """(peak TFLOP/s per device, where it comes from) for MFU: `given`, else the datasheet value
+    of a known accelerator, else a measured matmul."""
+    if given > 0:
+        return given, "given (--peak_tflops)"
+    kind = jax.devices()[0].device_kind
+    for name, dt, value in DATASHEET_TFLOPS:
+        if name in kind and dt == dtype:
+            return value, f"datasheet dense {dtype} peak of {kind}"
+    value = measured_matmul_tflops(dtype)
+    return value, f"measured {dtype} matmul on this device (a lower bound on its peak, so MFU is an upper bound)"

@@ -87,8 +87,7 @@ def build_evaluator(data_cfg: Any, ev: Any = None, *, cache_dir: str | os.PathLi
     cache_dir: where the digits classifier, the Inception weights and FID reference statistics
     are cached (default: default_cache_dir()); unused for toy2d.
     """
-    data_lib.validate(data_cfg)
-    check_available(data_cfg, ev)
+    check_available(data_cfg, ev)  # validates data_cfg first
     name = data_cfg.get("name")
     if name == "toy2d":
         return Toy2DEvaluator(data_cfg.get("distribution"))

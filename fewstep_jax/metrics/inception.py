@@ -23,6 +23,7 @@ bias ('logits_unbiased' in torch-fidelity), the logits of the original Inception
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -274,22 +275,22 @@ def _flax_path_to_torch(path: tuple[str, ...]) -> str:
     return f"{prefix}.{names[leaf]}"
 
 
-def _to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    if leaf == "kernel":  # HWIO -> OIHW
-        return np.transpose(array, (3, 2, 0, 1))
-    if leaf == "fc_kernel":
-        return array.T
-    return array
+#: Flax leaf -> the axis permutation that turns it into PyTorch's layout (others are identical):
+#: conv kernels HWIO -> OIHW, the fc kernel [in, out] -> [out, in].
+_TORCH_AXES = {"kernel": (3, 2, 0, 1), "fc_kernel": (1, 0)}
+
+
+def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    axes = _TORCH_AXES.get(leaf)
+    return shape if axes is None else tuple(shape[i] for i in axes)
 
 
 def _from_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    if leaf == "kernel":  # OIHW -> HWIO
-        return np.transpose(array, (2, 3, 1, 0))
-    if leaf == "fc_kernel":
-        return array.T
-    return array
+    axes = _TORCH_AXES.get(leaf)
+    return array if axes is None else np.transpose(array, np.argsort(axes))
 
 
+@functools.cache
 def _param_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
     shapes = jax.eval_shape(InceptionV3().init, jax.random.key(0), jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))
     flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
@@ -298,11 +299,7 @@ def _param_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
 
 def state_dict_shapes() -> dict[str, tuple[int, ...]]:
     """The PyTorch state dict the network expects: {name: shape} (derived from the Flax module)."""
-    out = {}
-    for path, shape in _param_shapes().items():
-        leaf = path[-1]
-        out[_flax_path_to_torch(path)] = _to_torch_layout(np.empty(shape, np.bool_), leaf).shape
-    return out
+    return {_flax_path_to_torch(path): _torch_shape(shape, path[-1]) for path, shape in _param_shapes().items()}
 
 
 def params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:

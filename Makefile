@@ -7,8 +7,9 @@ DEMO_CONFIG  ?= configs/sct_digits.py:scratch
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS  ?= -n 2
 BENCH_ARGS   ?=
+REPRODUCE_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
@@ -34,6 +35,13 @@ test: $(STAMP)
 # More: make bench BENCH_ARGS='--rounds=20 --steps=4 --batch=128', or --network=ddpmpp / dit_b2 on a GPU.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Every method on toy2d and digits with the same network and budget, evaluated at 1-8 NFE (and the
+# baselines to 64): docs/REPRODUCTION.md and its pictures. About 80 min on 2 CPU cores; runs go to
+# runs/reproduction and are reused, so an interrupted run picks up where it stopped.
+# More: make reproduce REPRODUCE_ARGS='--datasets=toy2d' (minutes), or '--report_only'.
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/reproduce.py $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

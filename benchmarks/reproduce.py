@@ -78,6 +78,8 @@ RUNS = (
     Run("sct_phased", "phased SCT (from EDM)", "sct", variant="phased", init="edm", nfes=(4,)),
 )
 BY_KEY = {r.key: r for r in RUNS}
+#: Many-step baselines: their training curves show the metric at the most steps evaluated.
+BASELINES = ("trigflow", "edm", "flow")
 #: Evaluations during training, for the training curves (the configs evaluate only at the end).
 EVALS_DURING_TRAINING = 4
 #: Samples kept per NFE for the pictures: per class on digits, points on toy2d.
@@ -335,9 +337,11 @@ def parameter_count(dataset: str, run: Run) -> str:
         return "?"
 
 
-def training_evals(res: Results, key: str, metric: str | None = None) -> tuple[int, list[tuple[int, float]]]:
+def training_evals(
+    res: Results, key: str, metric: str | None = None, *, most: bool = False
+) -> tuple[int, list[tuple[int, float]]]:
     """(steps, [(training step, metric)]) of the evaluations made during training at the
-    fewest steps the run was evaluated with."""
+    fewest (or the most) steps the run was evaluated with."""
     metric = metric or res.primary
     found: dict[int, dict[int, float]] = {}
     for row in res.logs.get(key, []):
@@ -347,7 +351,7 @@ def training_evals(res: Results, key: str, metric: str | None = None) -> tuple[i
                 found.setdefault(int(parts[1].rsplit("_nfe", 1)[1]), {})[row["step"]] = value
     if not found:
         return 0, []
-    nfe = min(found)
+    nfe = max(found) if most else min(found)
     return nfe, sorted(found[nfe].items())
 
 
@@ -518,7 +522,7 @@ def _machine() -> str:
 def plot_nfe(res: Results, path: str) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.4), dpi=110)
+    fig = Figure(figsize=(9.0, 4.4), dpi=110)
     ax = fig.subplots()
     for run in res.runs():
         nfes = res.nfes(run.key)
@@ -529,7 +533,7 @@ def plot_nfe(res: Results, path: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=res.primary)
     ax.set_xscale("log", base=2)
     ax.set_title(f"{res.dataset}: {res.primary} vs NFE (mean +- std over evaluation draws)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
 
@@ -570,31 +574,38 @@ def plot_samples(res: Results, path: str) -> None:
 
 
 def plot_training(res: Results, path: str) -> None:
+    """Loss per logged step (grey; the first 5% of steps, often far larger, are left out of the
+    y range) and the sample metric of the evaluations made during training (red): at the fewest
+    steps for few-step methods, at the most for the diffusion and flow baselines."""
+    import numpy as np
     from matplotlib.figure import Figure
 
     runs = res.runs()
     cols = 5
     rows = -(-len(runs) // cols)
-    fig = Figure(figsize=(3.0 * cols, 2.5 * rows), dpi=100)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for ax, run in zip(axes, runs):
         log = [r for r in res.logs[run.key] if "loss" in r]
-        ax.plot([r["step"] for r in log], [r["loss"] for r in log], color="tab:gray", lw=1)
-        ax.set_yscale("log")
+        steps, loss = np.array([r["step"] for r in log]), np.array([r["loss"] for r in log])
+        ax.plot(steps, loss, color="tab:gray", lw=1)
+        late = loss[steps >= 0.05 * steps.max()] if len(steps) else loss
+        if len(late):
+            pad = 0.05 * (late.max() - late.min() or abs(late.max()) or 1.0)
+            ax.set_ylim(late.min() - pad, late.max() + pad)
         ax.set_title(run.label.split(" (")[0], fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        nfe, evals = training_evals(res, run.key)
+        nfe, evals = training_evals(res, run.key, most=run.key in BASELINES)
         if evals:
             twin = ax.twinx()
             twin.plot([s for s, _ in evals], [v for _, v in evals], "o-", color="tab:red", ms=3)
-            twin.set_yscale("log")
             twin.tick_params(labelsize=7, colors="tab:red")
             twin.set_ylabel(f"{res.primary}, {nfe} step{'s' if nfe > 1 else ''}", fontsize=7, color="tab:red")
     for ax in axes[len(runs) :]:
         ax.axis("off")
-    fig.suptitle(f"{res.dataset}: training loss (grey, left) and sample {res.primary} during training (red)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(f"{res.dataset}: training loss (grey, left axis) and sample {res.primary} during training "
+                 "(red, right axis)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path)
 

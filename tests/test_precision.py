@@ -21,13 +21,13 @@ SIGMA_D = 0.5
 NETWORKS = {  # tiny versions of each network, with attention where the network has it
     "mlp": (dict(name="mlp", hidden=32, depth=2, emb_dim=16), (6,)),
     "unet": (
-        dict(name="unet", channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
+        dict(name="unet", channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=(8,),
              emb_norm="adaptive_double"),
         (8, 8, 1),
     ),
-    "dit": (dict(name="dit", hidden=64, depth=2, num_heads=2, patch=2), (8, 8, 4)),
+    "dit": (dict(name="dit", hidden=64, depth=1, num_heads=2, patch=2), (8, 8, 4)),
     "edm2": (
-        dict(name="edm2", channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
+        dict(name="edm2", channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=(8,),
              channels_per_head=16),
         (8, 8, 3),
     ),
@@ -45,11 +45,16 @@ def build(network: str, method: str, dtype: str):
     return methods.build(ml_collections.ConfigDict(method_cfg), net, info), shape
 
 
-def perturbed(params, seed, scale=0.05):
-    """Zero-initialized output layers give zero outputs and tangents: move every weight a little."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+def init(method, shape, seed=0, scale=0.05):
+    """The network's initial parameters, each moved a little (zero-initialized output layers would
+    give zero outputs and tangents). Compiled without XLA's slow optimizations: it runs once."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        params = jax.jit(lambda key: method.init_params(key, {"x": jnp.zeros((1, *shape))}))(jax.random.key(seed))
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+    rng = np.random.default_rng(seed + 1)
+    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + scale * rng.standard_normal(p.shape), p.dtype), params)
 
 
 def relative(a, b) -> float:
@@ -65,12 +70,12 @@ def test_bf16_parameters_stay_float32_and_outputs_agree(network):
     m32, shape = build(network, "meanflow", "float32")
     m16, _ = build(network, "meanflow", "bfloat16")
     example = {"x": jnp.zeros((1, *shape))}
-    p16 = m16.init_params(jax.random.key(0), example)
-    p32 = m32.init_params(jax.random.key(0), example)
+    p16 = jax.eval_shape(lambda key: m16.init_params(key, example), jax.random.key(0))
+    p32 = jax.eval_shape(lambda key: m32.init_params(key, example), jax.random.key(0))
     assert jax.tree.structure(p16) == jax.tree.structure(p32)
     assert float_dtypes(p16) == {jnp.dtype(jnp.float32)}, network
 
-    params = perturbed(p32, 1)["net"]
+    params = init(m32, shape)["net"]
     n = 8
     x = jax.random.normal(jax.random.key(2), (n, *shape))
     apply32 = jax.jit(lambda x, t, d: m32.apply_net(params, x, t, None, d, train=False))
@@ -80,7 +85,7 @@ def test_bf16_parameters_stay_float32_and_outputs_agree(network):
         d = jnp.linspace(0.0, t_value, n)  # MeanFlow's interval h = t - r, from 0 to t
         out32, out16 = apply32(x, t, d), apply16(x, t, d)
         assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16))), (network, t_value)
-        assert relative(out16, out32) < 0.03, (network, t_value, relative(out16, out32))
+        assert 1e-4 < relative(out16, out32) < 0.03, (network, t_value, relative(out16, out32))  # bf16, in effect
 
 
 def _problem(shape, n=8, seed=3):
@@ -92,7 +97,7 @@ def _problem(shape, n=8, seed=3):
 def test_bf16_scm_rearranged_tangent_loss_and_gradient_agree_with_float32(network):
     m32, shape = build(network, "scm_sct", "float32")
     m16, _ = build(network, "scm_sct", "bfloat16")
-    params = perturbed(m32.init_params(jax.random.key(0), {"x": jnp.zeros((1, *shape))}), 1)
+    params = init(m32, shape)
     x0, z = _problem(shape)
     n = x0.shape[0]
     tangents = {
@@ -105,15 +110,16 @@ def test_bf16_scm_rearranged_tangent_loss_and_gradient_agree_with_float32(networ
         v = bc(jnp.cos(t)) * z - bc(jnp.sin(t)) * x0
         g32, g16 = tangents[m32](x_t, t, v), tangents[m16](x_t, t, v)
         assert g16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g16))), (network, t_value)
-        assert relative(g16, g32) < 0.06, (network, t_value, relative(g16, g32))
-    _check_loss_and_gradient(m32, m16, params, {"x": x0}, network)
+        assert relative(g16, g32) < 0.05, (network, t_value, relative(g16, g32))
+    if network != "edm2":  # loss and gradient: UNet and DiT (compiling EDM2's twice more is slow)
+        _check_loss_and_gradient(m32, m16, params, {"x": x0}, network)
 
 
 @pytest.mark.parametrize("network", ["unet", "dit", "edm2"])
 def test_bf16_meanflow_jvp_loss_and_gradient_agree_with_float32(network):
     m32, shape = build(network, "meanflow", "float32")
     m16, _ = build(network, "meanflow", "bfloat16")
-    params = perturbed(m32.init_params(jax.random.key(0), {"x": jnp.zeros((1, *shape))}), 1)
+    params = init(m32, shape)
     x0, eps = _problem(shape)
     n = x0.shape[0]
     jvps = {m: jax.jit(lambda z, r, t, v, m=m: m.u_and_dudt(params["net"], z, r, t, v)) for m in (m32, m16)}
@@ -126,30 +132,36 @@ def test_bf16_meanflow_jvp_loss_and_gradient_agree_with_float32(network):
         (u32, du32), (u16, du16) = jvps[m32](z_t, r, t, v), jvps[m16](z_t, r, t, v)
         assert du16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(du16))), (network, t_value)
         assert relative(u16, u32) < 0.03, (network, t_value, relative(u16, u32))
-        assert relative(du16, du32) < 0.06, (network, t_value, relative(du16, du32))
-    _check_loss_and_gradient(m32, m16, params, {"x": x0}, network)
+        assert relative(du16, du32) < 0.05, (network, t_value, relative(du16, du32))
+    if network != "edm2":
+        _check_loss_and_gradient(m32, m16, params, {"x": x0}, network)
 
 
 def _check_loss_and_gradient(m32, m16, params, batch, network):
-    """Same parameters, batch and randomness: float32 loss, within 2% of the float32 computation;
-    float32 gradients, finite, pointing the same way (cosine > 0.99); an optimizer + EMA update
-    with them leaves parameters, Adam moments and EMAs in float32."""
+    """Same parameters, batch and randomness: a float32 loss, and the loss and every logged
+    quantity within 2% of the float32 computation (sCM's and MeanFlow's adaptive weightings
+    make the loss value itself nearly constant, so the raw errors and tangent norms they log
+    are what tells bf16 apart); float32 gradients, finite, pointing the same way (cosine >
+    0.999); an optimizer + EMA update with them leaves parameters, Adam moments and EMAs in
+    float32."""
 
     def loss_and_grad(method):
         def f(p):
-            return method.loss(p, p, batch, jax.random.key(5), jnp.int32(10_000))[0]
+            return method.loss(p, p, batch, jax.random.key(5), jnp.int32(10_000))
 
-        return jax.jit(jax.value_and_grad(f))(params)
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
-    (l32, g32), (l16, g16) = loss_and_grad(m32), loss_and_grad(m16)
+    ((l32, aux32), g32), ((l16, aux16), g16) = loss_and_grad(m32), loss_and_grad(m16)
     assert l16.dtype == jnp.float32 and bool(jnp.isfinite(l16)), network
-    assert abs(float(l16 - l32)) <= 0.02 * abs(float(l32)), (network, float(l16), float(l32))
+    for name, value in {"loss": (l16, l32), **{k: (aux16[k], aux32[k]) for k in aux32}}.items():
+        a16, a32 = float(value[0]), float(value[1])
+        assert abs(a16 - a32) <= 0.02 * abs(a32) + 1e-6, (network, name, a16, a32)
     assert float_dtypes(g16) == {jnp.dtype(jnp.float32)}, network
     flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
     flat32 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g32)])
     assert bool(jnp.all(jnp.isfinite(flat16))), network
     cosine = float(flat16 @ flat32 / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32)))
-    assert cosine > 0.99, (network, cosine)
+    assert cosine > 0.999, (network, cosine)
 
     tx, _ = optim.build(OptimConfig(), 10)
     decays = {"ema_0.99": 0.99}

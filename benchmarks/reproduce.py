@@ -85,6 +85,7 @@ EVALS_DURING_TRAINING = 4
 #: Samples kept per NFE for the pictures: per class on digits, points on toy2d.
 GRID_PER_CLASS = 2
 SCATTER_POINTS = 2000
+SCATTER_SHOWN = 1000  # per panel of the picture (a small PNG)
 
 
 def run_dir(dataset: str, run: Run) -> str:
@@ -519,6 +520,18 @@ def _machine() -> str:
     return f"{os.cpu_count()} x {cpu}, {jax.devices()[0].platform}, jax {jax.__version__}"
 
 
+def save_png(fig, path: str, colors: int = 64) -> None:
+    """The figure as a PNG with an adaptive palette: a fraction of the size, the same look."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors).save(path, optimize=True)
+
+
 def plot_nfe(res: Results, path: str) -> None:
     from matplotlib.figure import Figure
 
@@ -535,7 +548,7 @@ def plot_nfe(res: Results, path: str) -> None:
     ax.set_title(f"{res.dataset}: {res.primary} vs NFE (mean +- std over evaluation draws)", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
 
 
 def plot_samples(res: Results, path: str) -> None:
@@ -546,7 +559,7 @@ def plot_samples(res: Results, path: str) -> None:
 
     runs, cols = res.runs(), list(FEW)
     images = res.dataset != "toy2d"
-    fig = Figure(figsize=(2.6 * len(cols), (1.0 if images else 2.4) * len(runs) + 0.4), dpi=100)
+    fig = Figure(figsize=(2.6 * len(cols), (1.0 if images else 2.4) * len(runs) + 0.4), dpi=100 if images else 75)
     axes = fig.subplots(len(runs), len(cols), squeeze=False)
     for i, run in enumerate(runs):
         kept = np.load(os.path.join(run_dir(res.dataset, run), "reproduction_samples.npz"))
@@ -565,12 +578,12 @@ def plot_samples(res: Results, path: str) -> None:
             if images:
                 ax.imshow(eval_lib.image_grid(x, cols=len(x) // GRID_PER_CLASS), interpolation="nearest")
             else:
-                ref = kept["reference"]
-                ax.scatter(ref[:, 0], ref[:, 1], s=0.5, c="0.8")
-                ax.scatter(x[:, 0], x[:, 1], s=0.5, c="tab:blue")
+                ref, x = kept["reference"][:SCATTER_SHOWN], x[:SCATTER_SHOWN]
+                ax.scatter(ref[:, 0], ref[:, 1], s=0.5, c="0.8", antialiased=False)
+                ax.scatter(x[:, 0], x[:, 1], s=0.5, c="tab:blue", antialiased=False)
                 ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), aspect="equal")
     fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
 
 
 def plot_training(res: Results, path: str) -> None:
@@ -607,7 +620,7 @@ def plot_training(res: Results, path: str) -> None:
     fig.suptitle(f"{res.dataset}: training loss (grey, left axis) and sample {res.primary} during training "
                  "(red, right axis)", fontsize=10)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
 
 
 def metric_table(res: Results, metric: str) -> str:
@@ -639,12 +652,12 @@ def claims_section(results: list[Results]) -> list[str]:
         claims = [c for c in CLAIMS if c.paper == paper]
         out += [f"### {title}", "", intro, ""]
         out += ["| claim | " + " | ".join(r.dataset for r in results) + " |", "|---" * (len(results) + 1) + "|"]
-        verdicts: dict[str, list[str]] = {}
+        verdicts: dict[str, dict[str, list[str]]] = {}  # verdict -> claim -> datasets
         for claim in claims:
             cells = []
             for res in results:
                 verdict, evidence = claim.check(res)
-                verdicts.setdefault(verdict, []).append(f"{claim.text} ({res.dataset})")
+                verdicts.setdefault(verdict, {}).setdefault(claim.text, []).append(res.dataset)
                 cells.append(f"**{verdict}**: {evidence}" if evidence else f"**{verdict}**")
             out.append(f"| {claim.text} | " + " | ".join(cells) + " |")
         out.append("")
@@ -652,7 +665,8 @@ def claims_section(results: list[Results]) -> list[str]:
         for verdict, word in ((SUPPORTED, "Supported"), (NOT_SUPPORTED, "Not supported"),
                               (UNRESOLVED, "Not resolved by these runs (inside the evaluation noise)")):  # fmt: skip
             if verdicts.get(verdict):
-                summary.append(f"{word}: " + "; ".join(verdicts[verdict]) + ".")
+                items = [f"{text} ({', '.join(where)})" for text, where in verdicts[verdict].items()]
+                summary.append(f"{word}: " + "; ".join(items) + ".")
         out += [" ".join(summary), ""]
     return out
 
@@ -693,7 +707,11 @@ def write_report(datasets: list[str], out: str) -> str:
                       "held-out images; class-conditional sampling with balanced labels, no guidance.",
         }[res.dataset]  # fmt: skip
         n = next(iter(res.evals.values()))["num_samples"]
-        lines += [f"## {res.dataset}", "", described + f" {n} samples per draw.", "", setup_table(res), ""]
+        train_min = sum(summary.get("wall_sec", 0.0) for summary in res.summaries.values()) / 60
+        lines += [f"## {res.dataset}", "", described + f" {n} samples per draw.", "", setup_table(res), "",
+                  f"Steps/s and wall time (training with its periodic evaluations; {train_min:.0f} min summed over "
+                  "the runs) are as measured during `make reproduce`, which runs two processes at once on "
+                  "the machine above by default: they are not a speed benchmark (`make bench` is).", ""]  # fmt: skip
         metrics = [res.primary] + [m for m in ("energy", "fd_heldout") if m in res.floor]
         for metric in metrics:
             lines += [f"**{metric}**", "", metric_table(res, metric), ""]

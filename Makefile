@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # Every method on toy2d and digits with the same network and budget, evaluated at 1-8 NFE (and the
-# baselines to 64): docs/REPRODUCTION.md and its pictures. About 80 min on 2 CPU cores; runs go to
+# baselines to 64): docs/REPRODUCTION.md and its pictures. About 85 min on 2 CPU cores; runs go to
 # runs/reproduction and are reused, so an interrupted run picks up where it stopped.
 # More: make reproduce REPRODUCE_ARGS='--datasets=toy2d' (minutes), or '--report_only'.
 reproduce: $(STAMP)

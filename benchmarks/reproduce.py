@@ -1,6 +1,6 @@
 """The reproduction report: every method on toy2d and digits, same network and budget.
 
-  make reproduce                      # = python benchmarks/reproduce.py (about 80 min on 2 CPU cores)
+  make reproduce                      # = python benchmarks/reproduce.py (about 85 min on 2 CPU cores)
   python benchmarks/reproduce.py --datasets=toy2d --jobs=2      # the toy part only (minutes)
   python benchmarks/reproduce.py --report_only                  # rewrite the report from finished runs
 

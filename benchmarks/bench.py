@@ -36,7 +36,6 @@ import concurrent.futures
 import gc
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -223,43 +222,6 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, statistics.median(xs), q3
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_machine() -> dict:
-    import jax
-    import jaxlib
-
-    device = jax.devices()[0]
-    machine = {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": device.platform,
-        "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-    }
-    devices = f"{machine['device_count']} x {machine['device_kind']}"
-    if device.platform == "cpu":
-        devices = "no accelerator"
-    machine["description"] = (
-        f"{machine['cpu_model']} ({machine['cpu_count']} cores), {devices}, jax {machine['jax']}, "
-        f"Python {machine['python']}"
-    )
-    return machine
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -411,7 +373,7 @@ def measure(methods: list[str], scratch: str) -> dict:
         model = benches[methods[0]].config.model
         peak, peak_source = harness.peak_tflops(model.get("dtype", "float32"), FLAGS.peak_tflops)
         return {
-            "machine": describe_machine(),
+            "machine": harness.describe_machine(),
             "model": model.to_dict(),
             "peak_tflops": peak,
             "peak_source": peak_source,

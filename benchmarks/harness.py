@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import platform
 import resource
 import sys
 import time
@@ -153,6 +154,43 @@ def unoptimized_compilation() -> Iterator[None]:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> dict:
+    """The machine a benchmark ran on: CPU, accelerator, versions, and a one-line description."""
+    import jaxlib
+
+    device = jax.devices()[0]
+    machine = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+    devices = f"{machine['device_count']} x {machine['device_kind']}"
+    if device.platform == "cpu":
+        devices = "no accelerator"
+    machine["description"] = (
+        f"{machine['cpu_model']} ({machine['cpu_count']} cores), {devices}, jax {machine['jax']}, "
+        f"Python {machine['python']}"
+    )
+    return machine
 
 
 def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:

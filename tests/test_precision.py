@@ -16,6 +16,7 @@ import pytest
 from fewstep_jax import methods, models, optim, state
 from fewstep_jax.config_lib import OptimConfig
 from fewstep_jax.data import DatasetInfo
+from fewstep_jax.methods.base import bcast
 
 SIGMA_D = 0.5
 NETWORKS = {  # tiny versions of each network, with attention where the network has it
@@ -88,26 +89,27 @@ def test_bf16_parameters_stay_float32_and_outputs_agree(network):
         assert 1e-4 < relative(out16, out32) < 0.03, (network, t_value, relative(out16, out32))  # bf16, in effect
 
 
-def _problem(shape, n=8, seed=3):
+def float32_and_bf16(network, method, n=8, seed=3):
+    """The float32 and the bf16 build of one method on one network, shared parameters, and a
+    batch: data in [-1, 1] and Gaussian noise of std sigma_d, both [n, *shape]."""
+    m32, shape = build(network, method, "float32")
+    m16, _ = build(network, method, "bfloat16")
     k1, k2 = jax.random.split(jax.random.key(seed))
-    return jax.random.uniform(k1, (n, *shape), minval=-1, maxval=1), SIGMA_D * jax.random.normal(k2, (n, *shape))
+    x0 = jax.random.uniform(k1, (n, *shape), minval=-1, maxval=1)
+    return m32, m16, init(m32, shape), x0, SIGMA_D * jax.random.normal(k2, (n, *shape))
 
 
 @pytest.mark.parametrize("network", ["unet", "dit", "edm2"])
 def test_bf16_scm_rearranged_tangent_loss_and_gradient_agree_with_float32(network):
-    m32, shape = build(network, "scm_sct", "float32")
-    m16, _ = build(network, "scm_sct", "bfloat16")
-    params = init(m32, shape)
-    x0, z = _problem(shape)
+    m32, m16, params, x0, z = float32_and_bf16(network, "scm_sct")
     n = x0.shape[0]
     tangents = {
         m: jax.jit(lambda x_t, t, v, m=m: m.tangent(params["net"], x_t, t, v, train=False)[1]) for m in (m32, m16)
     }
-    bc = lambda a: a.reshape(-1, *([1] * len(shape)))  # noqa: E731
     for t_value in (0.01, 0.8, m32.t_max, np.pi / 2 - 1e-3):  # the jvp must stay finite up to pi/2
         t = jnp.full((n,), t_value)
-        x_t = bc(jnp.cos(t)) * x0 + bc(jnp.sin(t)) * z
-        v = bc(jnp.cos(t)) * z - bc(jnp.sin(t)) * x0
+        c, s = bcast(jnp.cos(t), x0), bcast(jnp.sin(t), x0)
+        x_t, v = c * x0 + s * z, c * z - s * x0
         g32, g16 = tangents[m32](x_t, t, v), tangents[m16](x_t, t, v)
         assert g16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g16))), (network, t_value)
         assert relative(g16, g32) < 0.05, (network, t_value, relative(g16, g32))
@@ -117,17 +119,13 @@ def test_bf16_scm_rearranged_tangent_loss_and_gradient_agree_with_float32(networ
 
 @pytest.mark.parametrize("network", ["unet", "dit", "edm2"])
 def test_bf16_meanflow_jvp_loss_and_gradient_agree_with_float32(network):
-    m32, shape = build(network, "meanflow", "float32")
-    m16, _ = build(network, "meanflow", "bfloat16")
-    params = init(m32, shape)
-    x0, eps = _problem(shape)
+    m32, m16, params, x0, eps = float32_and_bf16(network, "meanflow")
     n = x0.shape[0]
     jvps = {m: jax.jit(lambda z, r, t, v, m=m: m.u_and_dudt(params["net"], z, r, t, v)) for m in (m32, m16)}
-    bc = lambda a: a.reshape(-1, *([1] * len(shape)))  # noqa: E731
     for t_value in (1e-3, 0.5, 1.0):  # t = 1 is pure noise
         t = jnp.full((n,), t_value)
         r = jnp.linspace(0.0, t_value, n)  # from the whole interval to r = t
-        z_t = bc(1 - t) * x0 + bc(t) * eps
+        z_t = bcast(1 - t, x0) * x0 + bcast(t, x0) * eps
         v = eps - x0
         (u32, du32), (u16, du16) = jvps[m32](z_t, r, t, v), jvps[m16](z_t, r, t, v)
         assert du16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(du16))), (network, t_value)

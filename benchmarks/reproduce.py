@@ -551,7 +551,7 @@ def plot_samples(res: Results, path: str) -> None:
     fig = Figure(figsize=(2.6 * len(cols), (1.0 if images else 2.4) * len(runs) + 0.4), dpi=100 if images else 75)
     axes = fig.subplots(len(runs), len(cols), squeeze=False)
     for i, run in enumerate(runs):
-        kept = np.load(os.path.join(run_dir(res.dataset, run), "reproduction_samples.npz"))
+        kept = np.load(os.path.join(run_dir(res.dataset, run), "reproduction_samples.npz"), allow_pickle=False)
         for j, k in enumerate(cols):
             ax = axes[i, j]
             ax.set_xticks([])

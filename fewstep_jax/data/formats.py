@@ -26,11 +26,11 @@ PyTorch VAE gives channels-first arrays: np.transpose(x, (0, 2, 3, 1)) before sa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 import io
 import itertools
 import os
-import pickle
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,9 +38,14 @@ from concurrent import futures
 from typing import Any
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
+from fewstep_jax import safe_pickle
+from fewstep_jax.data import sources
+
 CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_GLOBALS = safe_pickle.NUMPY_ARRAYS  # the batches hold a numpy array, lists and byte strings
 CIFAR10_SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR10_CLASSES = (
     "airplane",
@@ -126,9 +131,28 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], num_workers: int
 # ---------------------------------------------------------------------------- CIFAR-10
 
 
+def file_md5(path: str) -> str:
+    """Hex MD5 of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_cifar10(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """cifar-10-python.tar.gz -> {'train': (x, y), 'test': (x, y)}, x uint8 [N, 32, 32, 3] (NHWC,
-    from the stored CHW rows), y int64 [N]; train is data_batch_1 .. 5 in order."""
+    from the stored CHW rows), y int64 [N]; train is data_batch_1 .. 5 in order.
+
+    The batches are pickles, read with `safe_pickle` (plain arrays, lists, bytes and dicts only),
+    so a tarball that is not the official one cannot run code; it is also named in a warning.
+    """
+    if file_md5(path) != sources.CIFAR10_MD5:
+        logging.warning(
+            "%s is not the official CIFAR-10 tarball (its MD5 is not %s); reading its arrays only",
+            path,
+            sources.CIFAR10_MD5,
+        )
     out = {}
     with tarfile.open(path, "r:gz") as tar:
         for split, names in CIFAR10_SPLITS.items():
@@ -139,7 +163,9 @@ def read_cifar10(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     handle = tar.extractfile(member)
                 except KeyError:
                     raise FileNotFoundError(f"{path} has no {member}: not the CIFAR-10 python tarball") from None
-                batch = pickle.load(handle, encoding="bytes")
+                batch = safe_pickle.load(handle, CIFAR10_GLOBALS, source=f"{path}:{member}", encoding="bytes")
+                if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+                    raise ValueError(f"{path}:{member} is not a CIFAR-10 batch (a dict with b'data' and b'labels')")
                 data = np.asarray(batch[b"data"], np.uint8)
                 images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 labels.append(np.asarray(batch[b"labels"], np.int64))
@@ -328,7 +354,7 @@ def scan_latent_shards(folder: str) -> LatentShards:
 def latent_examples(shards: LatentShards) -> Iterator[tuple[np.ndarray, int | None]]:
     """(stored array [H, W, C or 2C], label or None) of every example, in shard order."""
     for path in shards.files:
-        with np.load(path) as shard:
+        with np.load(path, allow_pickle=False) as shard:
             values = shard[shards.kind]
             labels: Sequence[Any] = shard["labels"] if shards.has_labels else [None] * len(values)
             for value, label in zip(values, labels):

@@ -15,7 +15,6 @@ have no public download. A dataset already prepared is left as it is: delete its
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -45,14 +44,6 @@ def _check_manual(dataset: sources.RealDataset, manual_dir: str) -> None:
         )
 
 
-def _md5(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_cifar10(manual_dir: str) -> str:
     """Fetches cifar-10-python.tar.gz from the official URL into manual_dir (kept if already there)."""
     target = os.path.join(manual_dir, sources.CIFAR10_FILE)
@@ -70,7 +61,7 @@ def download_cifar10(manual_dir: str) -> str:
             logging.info("downloading %s: %d%%", sources.CIFAR10_URL, percent)
 
     urllib.request.urlretrieve(sources.CIFAR10_URL, partial, reporthook=report)
-    if _md5(partial) != sources.CIFAR10_MD5:
+    if formats.file_md5(partial) != sources.CIFAR10_MD5:
         os.remove(partial)
         raise OSError(f"{sources.CIFAR10_URL} did not match the published MD5 {sources.CIFAR10_MD5}")
     os.replace(partial, target)

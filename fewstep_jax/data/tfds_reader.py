@@ -21,6 +21,7 @@ in the calling thread.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -89,6 +90,35 @@ class Prepared:
 
 
 _OPENED: dict[str, Prepared] = {}
+# tfds imports the module named by each feature's pythonClassName in features.json; only its own
+# feature classes are accepted, so a crafted dataset folder cannot make it import anything else.
+_FEATURE_MODULE_PREFIX = "tensorflow_datasets.core.features."
+
+
+def check_feature_classes(path: str) -> None:
+    """Raises ValueError if PATH/features.json names a feature class outside tensorflow_datasets."""
+    features = os.path.join(path, "features.json")
+    if not os.path.isfile(features):
+        return
+    with open(features) as f:
+        try:
+            tree = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{features} is not valid JSON ({e}); prepare the dataset again") from e
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            name = node.get("pythonClassName")
+            if name is not None and not (isinstance(name, str) and name.startswith(_FEATURE_MODULE_PREFIX)):
+                raise ValueError(
+                    f"{features} names the feature class {name!r}; only tensorflow_datasets' own features "
+                    "are read, since loading another would import code. Prepare the dataset with "
+                    "`python -m fewstep_jax.data.prepare`"
+                )
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def open_prepared(name: str, data_dir: Any = None, latent_scale: Any = None) -> Prepared:
@@ -106,6 +136,7 @@ def open_prepared(name: str, data_dir: Any = None, latent_scale: Any = None) -> 
     if prepared is None:
         import tensorflow_datasets as tfds  # only real datasets pay for this import
 
+        check_feature_classes(path)
         prepared = Prepared(dataset, path, tfds.builder_from_directory(path))
         _OPENED[path] = prepared
     recorded = prepared.latent_scale

@@ -152,10 +152,13 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"FID reference statistics {path} not found; compute them with "
             "`python -m fewstep_jax.metrics.fid_stats --dataset=NAME --out=PATH` or leave eval.fid_stats empty"
         )
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:
         if "mu" not in f or "sigma" not in f:
             raise ValueError(f"{path} has keys {sorted(f.files)}; FID statistics need 'mu' and 'sigma'")
-        mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+        try:
+            mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+        except ValueError as e:  # object arrays: numpy refuses to unpickle them
+            raise ValueError(f"{path}: 'mu' and 'sigma' must be numeric arrays ({e})") from e
     if mu.shape != (inception.FEATURE_DIM,) or sigma.shape != (inception.FEATURE_DIM,) * 2:
         raise ValueError(f"{path}: expected mu [2048] and sigma [2048, 2048], got {mu.shape} and {sigma.shape}")
     return mu, sigma

@@ -386,7 +386,7 @@ def load_params(source: str = "", cache_dir: str | None = None) -> dict[str, Any
     path = weights_file(source, cache_dir)
     try:
         if path.endswith(".npz"):
-            with np.load(path) as f:
+            with np.load(path, allow_pickle=False) as f:
                 state_dict = {k: f[k] for k in f.files}
         else:
             state_dict = torch_pickle.load(path)

@@ -10,22 +10,23 @@ suite's import path. Both on-disk formats of `torch.save` are understood:
     sequence of pickles (magic number, protocol version, system info, the object, the list of
     storage keys), then each storage as an int64 element count followed by its raw bytes.
 
-Unpickling is restricted to an allow-list of globals (ordered dicts, the tensor rebuild functions
-and storage types), like `torch.load(weights_only=True)`: a file that asks for anything else is
+Every pickle in the file, the legacy format's header and key list included, is read through
+`safe_pickle` with an allow-list of globals (ordered dicts, the tensor rebuild functions and
+storage types), like `torch.load(weights_only=True)`: a file that asks for anything else is
 rejected instead of executing code. Tensors come back as numpy arrays with their shape, strides
 and storage offset applied (views of one storage share memory, as in PyTorch).
 """
 
 from __future__ import annotations
 
-import collections
 import os
-import pickle
 import struct
 import zipfile
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from fewstep_jax import safe_pickle
 
 #: PyTorch storage type name -> numpy dtype (bfloat16 has no numpy dtype and is not supported).
 STORAGE_DTYPES = {
@@ -74,34 +75,37 @@ def _rebuild_parameter(data: np.ndarray, *_unused) -> np.ndarray:
     return data
 
 
-def _ordered_dict(*args):
-    return collections.OrderedDict(*args)
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"): _ordered_dict,
+_TORCH_GLOBALS = {
+    **safe_pickle.CONTAINERS,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, load_storage):
-        super().__init__(file)
-        self._load_storage = load_storage
+class _Unpickler(safe_pickle.Unpickler):
+    """The tensor allow-list, with storages resolved through `load_storage`."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(name)
-        raise TorchFileError(f"refusing to unpickle {module}.{name}: not part of a tensor state dict")
+    error = TorchFileError
+
+    def __init__(self, file: BinaryIO, load_storage, source: str):
+        super().__init__(file, _TORCH_GLOBALS, source=source)
+        self._load_storage = load_storage
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise TorchFileError(f"unexpected persistent id {pid!r}")
+            raise TorchFileError(f"{self._source}: unexpected persistent id {pid!r}")
         return self._load_storage(pid[1:])
+
+
+class _PlainUnpickler(safe_pickle.Unpickler):
+    error = TorchFileError
+
+
+def _plain_pickle(f: BinaryIO, what: str) -> Any:
+    """One pickle of plain values (the legacy format's header and key list): no globals at all."""
+    return _PlainUnpickler(f, {}, source=what).load()
 
 
 def _check_storage_type(storage_type: Any) -> _StorageType:
@@ -131,17 +135,17 @@ def _load_zip(path: str) -> Any:
             return cache[key]
 
         with archive.open(pickles[0]) as f:
-            return _Unpickler(f, load_storage).load()
+            return _Unpickler(f, load_storage, path).load()
 
 
 def _load_legacy(path: str) -> Any:
     with open(path, "rb") as f:
         try:
-            magic = pickle.load(f)
-            protocol = pickle.load(f)
-            pickle.load(f)  # system info (byte order, type sizes)
-        except Exception as e:  # not a pickle stream at all
-            raise TorchFileError(f"{path} is not a PyTorch file ({e})") from e
+            magic = _plain_pickle(f, "its header")
+            protocol = _plain_pickle(f, "its header")
+            _plain_pickle(f, "its header")  # system info (byte order, type sizes)
+        except TorchFileError as e:  # not a pickle stream at all, or one asking for code
+            raise TorchFileError(f"{path} is not a PyTorch file ({e})") from None
         if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL:
             raise TorchFileError(f"{path} is not a PyTorch legacy-format file (magic {magic!r}, protocol {protocol!r})")
         pending: dict[str, tuple[np.dtype, int]] = {}
@@ -156,8 +160,8 @@ def _load_legacy(path: str) -> Any:
             # The bytes follow the object pickle: hand out a placeholder filled in below.
             return storages.setdefault(key, np.empty(int(numel), dtype))
 
-        obj = _Unpickler(f, load_storage).load()
-        keys = pickle.load(f)
+        obj = _Unpickler(f, load_storage, path).load()
+        keys = _plain_pickle(f, f"{path} (storage keys)")
         for key in keys:
             dtype, numel = pending[key]
             (count,) = struct.unpack("<q", f.read(8))

@@ -1,0 +1,226 @@
+"""Every reader of a user's file refuses a crafted file that would run code, and runs none of it.
+
+Each crafted file carries a pickle whose loading would execute `open(MARKER, 'w')`; the test
+asserts a clear error and that MARKER never appears. docs/FILES.md lists the readers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import os
+import pickle
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from fewstep_jax import safe_pickle
+from fewstep_jax.data import formats, prepare, sources, tfds_reader
+from fewstep_jax.metrics import fid, inception, torch_pickle
+
+EXEC = r"(__builtin__|builtins)\.exec"  # protocol 2 writes Python 2's module name
+
+
+class Exploit:
+    """Unpickling this object runs exec(...), which writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / "MARKER"
+    yield path
+    assert not path.exists(), "a crafted file ran code while being read"
+
+
+def test_the_exploit_does_run_under_plain_pickle(marker):
+    """The crafted payload is live: plain pickle.loads executes it (so the tests below mean something)."""
+    pickle.loads(pickle.dumps(Exploit(marker)))
+    assert marker.exists()
+    marker.unlink()
+
+
+# ---------------------------------------------------------------------------- PyTorch weight files
+
+
+def test_zip_pth_with_code_is_refused(tmp_path, marker):
+    path = tmp_path / "pt_inception.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"w": Exploit(marker)}, protocol=2))
+    with pytest.raises(ValueError, match=r"cannot read Inception weights .*refusing to unpickle " + EXEC):
+        inception.load_params(str(path))
+
+
+def _legacy_file(path, pickles: list[bytes]) -> None:
+    path.write_bytes(b"".join(pickles))
+
+
+@pytest.mark.parametrize("where", ["magic", "system_info", "object", "storage_keys"])
+def test_legacy_pth_with_code_in_any_of_its_pickles_is_refused(tmp_path, marker, where):
+    """The legacy format is five pickles in a row; the header ones were once read with plain pickle."""
+    evil = pickle.dumps(Exploit(marker), protocol=2)
+    parts = {
+        "magic": pickle.dumps(torch_pickle.LEGACY_MAGIC, protocol=2),
+        "protocol": pickle.dumps(torch_pickle.LEGACY_PROTOCOL, protocol=2),
+        "system_info": pickle.dumps({"little_endian": True}, protocol=2),
+        "object": pickle.dumps({}, protocol=2),
+        "storage_keys": pickle.dumps([], protocol=2),
+    }
+    parts[where] = evil
+    path = tmp_path / "legacy.pth"
+    _legacy_file(path, list(parts.values()))
+    with pytest.raises(torch_pickle.TorchFileError, match="refusing to unpickle " + EXEC):
+        torch_pickle.load(path)
+
+
+def test_torch_file_tensor_of_an_unknown_storage_type_is_refused(tmp_path, marker):
+    """A global outside the tensor allow-list (here a torch attribute that is not a storage) is refused."""
+    payload = (
+        b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch\nload\nq\x02X\x05\x00\x00\x00x.pthq\x03\x85q\x04Rq\x05s."
+    )
+    path = tmp_path / "w.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+    with pytest.raises(torch_pickle.TorchFileError, match=r"refusing to unpickle torch\.load"):
+        torch_pickle.load(path)
+
+
+# ---------------------------------------------------------------------------- .npz files (numpy refuses object arrays)
+
+
+def _object_npz(path, **names) -> None:
+    np.savez(path, **{k: np.array([v], dtype=object) for k, v in names.items()})
+
+
+def test_inception_npz_with_an_object_array_is_refused(tmp_path, marker):
+    path = tmp_path / "inception.npz"
+    _object_npz(path, **{"Conv2d_1a_3x3.conv.weight": Exploit(marker)})
+    with pytest.raises(ValueError, match="cannot read Inception weights .*allow_pickle"):
+        inception.load_params(str(path))
+
+
+def test_fid_statistics_with_object_arrays_are_refused(tmp_path, marker):
+    path = tmp_path / "stats.npz"
+    _object_npz(path, mu=Exploit(marker), sigma=Exploit(marker))
+    with pytest.raises(ValueError, match=r"stats\.npz: 'mu' and 'sigma' must be numeric arrays"):
+        fid.load_stats(str(path))
+
+
+def test_latent_shards_with_object_arrays_are_refused(tmp_path, marker):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    _object_npz(folder / "000.npz", latents=Exploit(marker))
+    with pytest.raises(ValueError, match="'latents' must be float16 / float32"):
+        formats.scan_latent_shards(str(folder))
+    shards = formats.LatentShards((str(folder / "000.npz"),), "latents", (1, 1, 1), "float32", False, (1,))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        list(formats.latent_examples(shards))
+
+
+# ---------------------------------------------------------------------------- CIFAR-10 batches (pickles)
+
+
+def _cifar_tarball(path, batches: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name in (*sources_names(), "batches.meta"):
+            data = batches.get(name, pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=2))
+            info = tarfile.TarInfo(f"{formats.CIFAR10_DIR}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def sources_names() -> tuple[str, ...]:
+    return formats.CIFAR10_SPLITS["train"] + formats.CIFAR10_SPLITS["test"]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_are_read(tmp_path, protocol):
+    """The allow-list admits numpy arrays as numpy 1.x and 2.x pickle them at protocols 2 to 5."""
+    rows = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072).astype(np.uint8)
+    batch = pickle.dumps({b"data": rows, b"labels": [3, 7], b"filenames": [b"a.png", b"b.png"]}, protocol=protocol)
+    path = tmp_path / sources.CIFAR10_FILE
+    _cifar_tarball(path, {"test_batch": batch})
+    x, y = formats.read_cifar10(str(path))["test"]
+    np.testing.assert_array_equal(x, rows.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(y, [3, 7])
+
+
+def test_cifar_tarball_with_code_is_refused_by_the_reader_and_by_prepare(tmp_path, marker):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    path = manual / sources.CIFAR10_FILE
+    _cifar_tarball(path, {"data_batch_3": pickle.dumps({b"data": Exploit(marker), b"labels": []}, protocol=2)})
+    with pytest.raises(ValueError, match="data_batch_3: refusing to unpickle " + EXEC):
+        formats.read_cifar10(str(path))
+    with pytest.raises(Exception, match="refusing to unpickle " + EXEC):
+        prepare.prepare("cifar10", manual_dir=str(manual), data_dir=str(tmp_path / "tfds"), num_workers=1)
+
+
+def test_cifar_batch_with_an_object_array_is_refused(tmp_path, marker):
+    """An object array's items would be arbitrary pickled objects: refused at its dtype."""
+    rows = np.array([[1, 2]], dtype=object)
+    path = tmp_path / sources.CIFAR10_FILE
+    _cifar_tarball(path, {"test_batch": pickle.dumps({b"data": rows, b"labels": [0]}, protocol=2)})
+    with pytest.raises(ValueError, match="object arrays"):
+        formats.read_cifar10(str(path))
+
+
+# ---------------------------------------------------------------------------- the unpickler itself
+
+
+class Calls:
+    """Pickles as a call of `fn(*args)`."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"not a pickle at all", "f.pkl is not a readable pickle"),
+        (pickle.dumps(np.arange(3), protocol=2)[:-8], "f.pkl is not a readable pickle"),  # truncated
+        (pickle.dumps(Calls(np.ndarray, (3,), "O")), "f.pkl: refusing to call numpy.ndarray"),
+        (pickle.dumps(Calls(codecs.encode, "a", "rot13")), r"f.pkl: refusing _codecs.encode\(str, 'rot13'\)"),
+        (pickle.dumps(Calls(os.system, "true")), r"f.pkl: refusing to unpickle (posix|os|nt)\.system"),
+        (pickle.dumps(Calls(np.dtype, "O")), "f.pkl: refusing a numpy array of dtype object"),
+    ],
+)
+def test_safe_pickle_errors(payload, message):
+    with pytest.raises(safe_pickle.PickleRefused, match=message):
+        safe_pickle.load(io.BytesIO(payload), safe_pickle.NUMPY_ARRAYS, source="f.pkl")
+
+
+# ---------------------------------------------------------------------------- prepared tfds folders
+
+
+def test_prepared_folder_naming_a_foreign_feature_class_is_refused_before_import(tmp_path, monkeypatch, marker):
+    """tfds imports the module named in features.json; a folder naming another module is refused."""
+    module_dir = tmp_path / "site"
+    module_dir.mkdir()
+    (module_dir / "crafted_feature.py").write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
+    monkeypatch.syspath_prepend(str(module_dir))
+    data_dir = tmp_path / "tfds"
+    folder = sources.prepared_dir(sources.get("cifar10"), str(data_dir))
+    os.makedirs(folder)
+    (tmp_path / "tfds").joinpath(os.path.relpath(folder, data_dir), "dataset_info.json").write_text("{}")
+    features = {
+        "pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+        "featuresDict": {"features": {"image": {"pythonClassName": "crafted_feature.Image"}}},
+    }
+    with open(os.path.join(folder, "features.json"), "w") as f:
+        json.dump(features, f)
+    with pytest.raises(ValueError, match="names the feature class 'crafted_feature.Image'"):
+        tfds_reader.open_prepared("cifar10", str(data_dir))
+

@@ -20,7 +20,8 @@ so that bad input fails before any JAX compilation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Iterable, Iterator, Mapping
 
 import ml_collections
 
@@ -74,6 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
             # Start from the EMA network weights of a trained workdir (fine-tuning,
             # e.g. sCM / ECT from a diffusion model). A checkpoint in --workdir wins.
             init_from="",
+            # A step whose loss, gradients or updated parameters are not finite: 'stop' keeps the
+            # last good state and stops with a message; 'replace_grads' does what the EDM / ECT
+            # training loops do (non-finite gradient entries -> 0, +-1e5) and goes on, logging a
+            # warning; a non-finite parameter update still stops.
+            on_nonfinite="stop",
         )
     )
 
@@ -275,6 +281,10 @@ class TrainConfig:
     sample_every: int = 1000
     eval_every: int = 1000
     init_from: str = ""
+    on_nonfinite: str = "stop"
+
+
+NONFINITE_POLICIES = ("stop", "replace_grads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,12 +313,41 @@ class ShardingConfig:
 TOP_LEVEL_KEYS = ("seed", "data", "model", "method", "optim", "train", "eval", "sharding")
 
 
+def _float_values(section: Any, prefix: str) -> Iterator[tuple[str, float]]:
+    """(dotted key, value) of every float in a config, tuples and lists included."""
+    items = section.items() if isinstance(section, (Mapping, ml_collections.ConfigDict)) else ()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            yield from _float_values(value, name + ".")
+        elif isinstance(value, (tuple, list)):
+            yield from ((f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
+        elif isinstance(value, float):
+            yield name, value
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    """Ranges of the optimizer and schedule values (all floats are already known to be finite)."""
+    if optim.lr <= 0:
+        raise ValueError(f"optim.lr must be positive, got {optim.lr}")
+    for name in ("b1", "b2"):
+        if not 0.0 <= getattr(optim, name) < 1.0:
+            raise ValueError(f"optim.{name} must be in [0, 1), got {getattr(optim, name)}")
+    if optim.eps <= 0:
+        raise ValueError(f"optim.eps must be positive (Adam divides by sqrt(v) + eps), got {optim.eps}")
+    for name in ("weight_decay", "end_factor", "grad_clip", "warmup_steps", "decay_steps"):
+        if getattr(optim, name) < 0:
+            raise ValueError(f"optim.{name} must be >= 0, got {getattr(optim, name)}")
+    if optim.schedule == "inverse_sqrt" and optim.decay_steps <= 0:
+        raise ValueError("optim.schedule='inverse_sqrt' needs optim.decay_steps > 0 (the reference step)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Check the whole config in Python; raise ValueError naming the problem.
 
-    Covers: unknown sections or keys, unknown dataset / network / method /
-    optimizer / schedule / sampler names, option ranges, and a global batch
-    that the devices cannot split evenly.
+    Covers: unknown sections or keys, non-finite numbers anywhere, unknown dataset /
+    network / method / optimizer / schedule / sampler names, option ranges, and a
+    global batch that the devices cannot split evenly.
     """
     # Imported here: the registries import jax/flax, the config files must not.
     from fewstep_jax import data as data_lib
@@ -318,6 +357,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL_KEYS)}")
+    for key, value in _float_values(config, ""):
+        if not math.isfinite(value):
+            raise ValueError(f"{key}={value} is not a finite number")
     optim = typed_view(OptimConfig, config.optim, "optim")
     train = typed_view(TrainConfig, config.train, "train")
     ev = typed_view(EvalConfig, config.eval, "eval")
@@ -327,10 +369,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(f"unknown optimizer {optim.name!r}; known: {', '.join(OPTIMIZERS)}")
     if optim.schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {optim.schedule!r}; known: {', '.join(SCHEDULES)}")
-    if optim.lr <= 0:
-        raise ValueError(f"optim.lr must be positive, got {optim.lr}")
-    if optim.schedule == "inverse_sqrt" and optim.decay_steps <= 0:
-        raise ValueError("optim.schedule='inverse_sqrt' needs optim.decay_steps > 0 (the reference step)")
+    _check_optim(optim)
+    if train.on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {train.on_nonfinite!r}")
     if ev.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {ev.sampler!r}; known: {', '.join(SAMPLERS)}")
     if any(int(n) < 1 for n in ev.nfes):

@@ -15,7 +15,7 @@ import optax
 from fewstep_jax.config_lib import TrainConfig
 
 #: Codes stored in TrainState.nonfinite[1]: which quantity went non-finite first.
-NONFINITE_QUANTITIES = {1: "loss", 2: "gradient norm"}
+NONFINITE_QUANTITIES = {1: "loss", 2: "gradient norm", 3: "parameter update"}
 
 
 @flax.struct.dataclass
@@ -28,8 +28,8 @@ class TrainState:
     opt_state: optax state.
     extra:     the method's non-trainable state (methods/base.py: init_extra / update_extra),
                e.g. SCT's reference bank; {} for most methods.
-    nonfinite: int32 [2] = (step, quantity code) of the first step whose loss or
-               gradient norm was not finite; (-1, 0) while training is healthy.
+    nonfinite: int32 [2] = (step, quantity code) of the first step whose loss, gradient
+               norm or updated parameters were not finite; (-1, 0) while training is healthy.
                From that step on, updates are skipped, so the state stays the last
                good one and the host can stop with a precise message.
     """
@@ -120,6 +120,15 @@ def create(
     )
 
 
+def replace_nonfinite(grads: Any) -> tuple[Any, jax.Array]:
+    """(grads with NaN -> 0, +inf -> 1e5, -inf -> -1e5, number of entries replaced): what the EDM
+    and ECT training loops do to every gradient before the optimizer step
+    (torch.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5))."""
+    count = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
+    fixed = jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
+    return fixed, jnp.asarray(count, jnp.int32)
+
+
 def apply_gradients(
     state: TrainState,
     grads: Any,
@@ -128,8 +137,12 @@ def apply_gradients(
     decays: dict[str, EMADecay],
     update_extra: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
     project: Callable[[Any], Any] | None = None,
+    check_loss: bool = True,
 ) -> tuple[TrainState, jax.Array]:
-    """One optimizer + EMA update, skipped (state kept) if loss or grads are non-finite.
+    """One optimizer + EMA update, skipped (state kept) if the loss (when check_loss), the
+    gradients or the updated parameters are non-finite. The last check catches a step whose loss
+    and gradients are fine but whose update is not (a NaN learning rate, a projection dividing
+    by zero), so no such parameters ever reach the state, nor a checkpoint of it.
 
     update_extra(extra, ema) -> extra advances the method's state given the new EMAs; it
     is skipped alike. project(params) -> params is applied to the updated parameters before
@@ -149,7 +162,9 @@ def apply_gradients(
 
     ema = {name: average(state.ema[name], params, d) for name, d in decays.items()}
     extra = state.extra if update_extra is None else update_extra(state.extra, ema)
-    code = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 0))
+    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    loss_bad = ~jnp.isfinite(loss) if check_loss else jnp.zeros((), bool)
+    code = jnp.where(loss_bad, 1, jnp.where(~jnp.isfinite(grad_norm), 2, jnp.where(params_finite, 0, 3)))
     healthy = (code == 0) & (state.nonfinite[0] < 0)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(healthy, n, o), new, old)  # noqa: E731
     first_bad = (code != 0) & (state.nonfinite[0] < 0)

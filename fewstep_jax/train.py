@@ -90,12 +90,28 @@ class Experiment:
         return {"net": net, **self.method.sampling_inputs(state.extra)}
 
 
+def check_workdir(workdir: str) -> None:
+    """A ValueError in one line for a workdir that cannot hold a run: a file, a path under a file,
+    or a folder that cannot be written."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--workdir={workdir} is a file, not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--workdir={workdir} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir={workdir} cannot be written: no write permission on {existing}")
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
     """Validate the config and build data, network, method, optimizer and mesh.
 
     Every user error (unknown key or name, indivisible batch, bad option) is
     raised here as a ValueError, before anything is compiled.
     """
+    check_workdir(workdir)
     config_lib.validate(config, jax.device_count())
     train = config_lib.typed_view(config_lib.TrainConfig, config.train, "train")
     ev = config_lib.typed_view(config_lib.EvalConfig, config.eval, "eval")
@@ -300,6 +316,7 @@ def make_train_step(exp: Experiment):
     method, tx, decays, schedule = exp.method, exp.tx, exp.decays, exp.schedule
     train_key = jax.random.fold_in(exp.base_key, TRAIN_STREAM)
     first_ema = exp.first_ema
+    replace_grads = exp.train.on_nonfinite == "replace_grads"
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], frozen: Any):
         rng = jax.random.fold_in(train_key, state.step)
@@ -313,8 +330,10 @@ def make_train_step(exp: Experiment):
             return method.update_extra(extra, batch=batch, step=state.step, ema_params=new_ema)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if replace_grads:
+            grads, metrics["nonfinite_grads_replaced"] = state_lib.replace_nonfinite(grads)
         new_state, grad_norm = state_lib.apply_gradients(
-            state, grads, loss, tx, decays, update_extra, project=method.project_params
+            state, grads, loss, tx, decays, update_extra, project=method.project_params, check_loss=not replace_grads
         )
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
         return new_state, metrics
@@ -345,6 +364,18 @@ def check_finite(state: state_lib.TrainState, exp: Experiment) -> None:
         f"non-finite {quantity} at step {step + 1}; training stopped and {kept}. "
         "Try a lower optim.lr, gradient clipping (optim.grad_clip), or check the data."
     )
+
+
+def warn_replaced(fetched: list[dict[str, Any]], step: int) -> None:
+    """train.on_nonfinite='replace_grads': say when gradient entries were replaced since the last log."""
+    replaced = sum(int(m.get("nonfinite_grads_replaced", 0)) for m in fetched)
+    if replaced:
+        logging.warning(
+            "steps %d-%d: %d non-finite gradient entries replaced (train.on_nonfinite='replace_grads')",
+            step - len(fetched) + 1,
+            step,
+            replaced,
+        )
 
 
 class PreemptionFlag:
@@ -508,6 +539,7 @@ def train_and_evaluate(
                     fetched = jax.device_get(pending)
                     pending = []
                     scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    warn_replaced(fetched, step)
                     prog = progress.update(step)
                     writer.write_scalars(step, {**scalars, "steps_per_sec": prog["steps_per_sec"]})
                     if exp.is_main:

@@ -82,3 +82,29 @@ def test_nonfinite_update_is_skipped_and_recorded():
     st, _ = state.apply_gradients(st, {"w": jnp.ones(())}, jnp.array(jnp.inf), tx, decays)
     assert list(np.asarray(st.nonfinite)) == [1, 2]  # the first bad step is kept
     assert float(st.params["w"]) == float(good.params["w"])  # and nothing moves any more
+
+
+def test_update_that_turns_parameters_nonfinite_is_skipped_even_with_finite_loss_and_grads():
+    """A NaN learning rate (finite loss and gradients) must not write NaN parameters into the state."""
+    tx = optax.sgd(jnp.nan)
+    decays = {"ema": 0.5}
+    st = state.create({"w": jnp.ones(())}, tx, decays)
+    st, grad_norm = state.apply_gradients(st, {"w": jnp.ones(())}, jnp.ones(()), tx, decays)
+    assert float(grad_norm) == 1.0
+    assert list(np.asarray(st.nonfinite)) == [0, 3]
+    assert state.NONFINITE_QUANTITIES[3] == "parameter update"
+    assert float(st.params["w"]) == 1.0 and float(st.ema["ema"]["w"]) == 1.0 and int(st.step) == 1
+
+
+def test_replace_nonfinite_is_torch_nan_to_num_with_edm_bounds():
+    """EDM / ECT training loops: NaN -> 0, +inf -> 1e5, -inf -> -1e5, finite entries untouched."""
+    grads = {"a": jnp.array([jnp.nan, 2.5, jnp.inf]), "b": jnp.array([[-jnp.inf, -3.0]])}
+    fixed, count = state.replace_nonfinite(grads)
+    np.testing.assert_array_equal(np.asarray(fixed["a"]), [0.0, 2.5, 1e5])
+    np.testing.assert_array_equal(np.asarray(fixed["b"]), [[-1e5, -3.0]])
+    assert int(count) == 3
+    tx = optax.sgd(1e-6)
+    st = state.create({"w": jnp.zeros(3)}, tx, {})
+    st, _ = state.apply_gradients(st, {"w": fixed["a"]}, jnp.array(jnp.nan), tx, {}, check_loss=False)
+    assert int(st.nonfinite[0]) == -1  # the loss is not checked under this policy
+    np.testing.assert_allclose(np.asarray(st.params["w"]), [0.0, -2.5e-6, -0.1], rtol=1e-6)

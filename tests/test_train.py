@@ -13,6 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import REPO, load_config, quiet, run_cli
 
@@ -142,6 +143,64 @@ def test_nonfinite_guard_stops_and_keeps_last_good_checkpoint(tmp_path, name, qu
     step, state, _ = restore_latest(config, workdir)
     assert step == 10
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+def nan_learning_rate_from_step(monkeypatch, bad_step: int) -> None:
+    """Every optimizer of the next runs scales its update by NaN from `bad_step` on: the loss and
+    the gradients stay finite, only the parameter update is not."""
+    build = train.optim_lib.build
+
+    def poisoned(cfg, num_steps):
+        tx, schedule = build(cfg, num_steps)
+        return optax.chain(tx, optax.scale_by_schedule(lambda s: jnp.where(s >= bad_step, jnp.nan, 1.0))), schedule
+
+    monkeypatch.setattr(train.optim_lib, "build", poisoned)
+
+
+def checkpoint_params_are_finite(config, workdir) -> list[int]:
+    """Steps of all checkpoints in workdir, after asserting each one's parameters and EMAs are finite."""
+    exp = train.setup(config, workdir)
+    steps = list(exp.checkpointer.manager.all_steps())
+    for step in steps:
+        state, _ = exp.checkpointer.restore(step, exp.abstract_state)
+        leaves = jax.tree.leaves(jax.device_get((state.params, state.ema)))
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves), f"non-finite checkpoint at step {step}"
+    exp.checkpointer.close()
+    return steps
+
+
+def test_nonfinite_parameter_update_stops_and_is_never_checkpointed(tmp_path, monkeypatch):
+    nan_learning_rate_from_step(monkeypatch, 12)
+    config = quiet(load_config("flow_toy2d"), 30)
+    config.train.checkpoint_every = 10
+    workdir = str(tmp_path / "w")
+    with pytest.raises(train.NonFiniteError, match=r"non-finite parameter update at step 13.*checkpoint \(step 10\)"):
+        train.train_and_evaluate(config, workdir)
+    assert checkpoint_params_are_finite(config, workdir) == [10]
+    # A preemption-style save right after the bad step (no log in between) must refuse, not save it.
+    config.train.log_every = 1000
+    fresh = str(tmp_path / "preempted")
+    with pytest.raises(train.NonFiniteError, match="non-finite parameter update at step 13"):
+        train.train_and_evaluate(config, fresh, stop_at=15)
+    assert checkpoint_params_are_finite(config, fresh) == [10]
+
+
+def test_replace_grads_policy_keeps_training_and_warns(tmp_path, caplog):
+    """ECT's official behaviour: non-finite gradient entries are replaced and training goes on."""
+    config = quiet(load_config("flow_toy2d"), 20)
+    config.method.name = "test_nan_grad"  # NaN gradients from step 13 on
+    config.train.on_nonfinite = "replace_grads"
+    config.train.checkpoint_every = 10
+    workdir = str(tmp_path / "w")
+    with caplog.at_level("WARNING"):
+        summary = train.train_and_evaluate(config, workdir)
+    assert summary["status"] == "finished" and summary["end_step"] == 20
+    warnings = [r.getMessage() for r in caplog.records if "non-finite gradient entries replaced" in r.getMessage()]
+    assert warnings and warnings[0].startswith("steps 11-15: ")
+    logged = read_jsonl(workdir)
+    replaced = [r["nonfinite_grads_replaced"] > 0 for r in logged if "nonfinite_grads_replaced" in r]
+    assert replaced == [False, False, True, True]  # logs at steps 5, 10, 15, 20
+    assert checkpoint_params_are_finite(config, workdir) == [10, 20]
 
 
 # ---------------------------------------------------------------------------
@@ -276,6 +335,17 @@ def no_compilation(monkeypatch):
         (lambda c: c.optim.__setitem__("name", "sgdd"), r"unknown optimizer 'sgdd'"),
         (lambda c: c.eval.__setitem__("sampler", "rk45"), r"unknown sampler 'rk45'"),
         (lambda c: c.train.__setitem__("batch_size", 30), None),  # valid on 1 device
+        (lambda c: c.optim.__setitem__("lr", float("nan")), r"optim.lr=nan is not a finite number"),
+        (lambda c: c.optim.__setitem__("lr", float("inf")), r"optim.lr=inf is not a finite number"),
+        (lambda c: c.optim.__setitem__("lr", -1e-3), r"optim.lr must be positive, got -0.001"),
+        (lambda c: c.optim.__setitem__("b2", 1.0), r"optim.b2 must be in \[0, 1\), got 1.0"),
+        (lambda c: c.optim.__setitem__("eps", 0.0), r"optim.eps must be positive"),
+        (lambda c: c.optim.__setitem__("end_factor", -0.5), r"optim.end_factor must be >= 0"),
+        (lambda c: c.optim.__setitem__("warmup_steps", -10), r"optim.warmup_steps must be >= 0"),
+        (lambda c: c.train.__setitem__("ema_decays", (0.99, float("nan"))), r"train.ema_decays\[1\]=nan is not"),
+        (lambda c: c.train.__setitem__("ema_halflives", (float("inf"),)), r"train.ema_halflives\[0\]=inf is not"),
+        (lambda c: c.train.__setitem__("on_nonfinite", "ignore"), r"train.on_nonfinite must be one of"),
+        (lambda c: c.method.__setitem__("noise_std", float("nan")), r"method.noise_std=nan is not a finite number"),
     ],
 )
 def test_bad_config_fails_before_compilation(tmp_path, no_compilation, mutate, message):
@@ -286,6 +356,27 @@ def test_bad_config_fails_before_compilation(tmp_path, no_compilation, mutate, m
         return
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_unusable_workdirs_get_one_line_errors(tmp_path, no_compilation):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    config = quiet(load_config("flow_toy2d"), 5)
+    with pytest.raises(ValueError, match=rf"--workdir={afile} is a file, not a directory"):
+        train.train_and_evaluate(config, str(afile))
+    with pytest.raises(ValueError, match=rf"cannot be created: {afile} is a file, not a directory"):
+        train.train_and_evaluate(config, str(afile / "run" / "x"))
+
+
+def test_workdir_under_a_file_on_the_command_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={afile}/run"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --workdir={afile}/run cannot be created: {afile} is a file, not a directory"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_batch_not_divisible_by_devices():

@@ -9,12 +9,16 @@ the install cell does nothing and nothing touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import nbclient
 import nbformat
+import pytest
 from conftest import REPO
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
@@ -102,3 +106,30 @@ def test_runs_end_to_end(tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "runs" / "digits" / "eval" / "results.json")
     with open(NOTEBOOK, "rb") as f:
         assert f.read() == committed
+
+
+@pytest.mark.parametrize(
+    "present, gpu, extra",
+    [({"jax"}, True, []), ({"jax"}, False, []), (set(), True, ["jax[cuda12]"]), (set(), False, ["jax"])],
+)
+def test_install_cell_keeps_the_runtimes_jax(monkeypatch, present, gpu, extra):
+    """On a runtime without fewstep_jax (a fresh Colab), the install cell pip-installs the checkout
+    and adds JAX only when none is importable: Colab's own JAX build is never replaced."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    install = next(cell for cell in nb.cells if cell.get("id") == "install")
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "fewstep_jax":
+            return None
+        if name == "jax":
+            return real_find_spec(name) if "jax" in present else None
+        return real_find_spec(name, *args)
+
+    commands = []
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if gpu and name == "nvidia-smi" else None)
+    monkeypatch.chdir(REPO)
+    exec(compile(install.source, "install-cell", "exec"), {"REPO_URL": "", "REPO_BRANCH": ""})
+    assert commands == [[sys.executable, "-m", "pip", "install", "--quiet", REPO, *extra]]

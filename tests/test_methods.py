@@ -262,6 +262,94 @@ def test_integrator_order(sampler, order):
     assert 2**order * 0.8 < ratio < 2**order * 1.25, ratio
 
 
+class Float64Net(nn.Module):
+    """A network that computes in float64 (under jax_enable_x64): out = A x + B t (+ C d)."""
+
+    num_classes: int = 0
+    use_d: bool = True
+
+    @nn.compact
+    def __call__(self, x, t, y=None, d=None, train=False):
+        out = F64_A * x.astype(jnp.float64) + F64_B * t.astype(jnp.float64)[:, None]
+        if d is not None:
+            out = out + F64_C * d.astype(jnp.float64)[:, None]
+        return out
+
+
+F64_A, F64_B, F64_C = -0.6, 0.4, 0.25
+
+
+def hand_loop_samples(name, sampler, steps, noise):
+    """The loop samplers' steps in numpy float64 on their float32 time grids (flow: euler / heun
+    over linspace(0, 1); meanflow: z - (t - r) u(z, t, h = t - r) over t_i = 1 - i / k; shortcut:
+    x + s(x, i / N, log2 N) / N), with the network Float64Net."""
+    x = np.asarray(noise, np.float64)
+
+    def net(x, t, d=0.0):
+        return F64_A * x + F64_B * np.float64(t) + F64_C * np.float64(d)
+
+    if name == "flow":
+        g = np.asarray(jnp.linspace(0.0, 1.0, steps + 1, dtype=jnp.float32))
+        for i in range(steps):
+            h = np.float64(g[i + 1] - g[i])  # float32 difference, as the sampler's grid
+            d1 = net(x, g[i])
+            if sampler == "euler" or i == steps - 1:  # Heun's last step is Euler (EDM)
+                x = x + h * d1
+            else:
+                x = x + 0.5 * h * (d1 + net(x + h * d1, g[i + 1]))
+    elif name == "meanflow":
+        g = np.asarray(1.0 - np.arange(steps + 1) / steps, np.float32)
+        for i in range(steps):
+            h = np.float32(g[i] - g[i + 1])
+            x = x - np.float64(h) * net(x, g[i], h)
+    else:
+        for i in range(steps):
+            x = x + net(x, np.float32(i / steps), np.log2(steps)) / steps
+    return x
+
+
+@pytest.mark.parametrize(
+    "name,sampler,steps",
+    [
+        ("flow", "euler", 3),
+        ("flow", "heun", 3),
+        ("meanflow", "euler", 2),
+        ("meanflow", "euler", 4),
+        ("shortcut", "euler", 4),
+    ],
+)
+def test_loop_samplers_carry_a_float64_network_under_x64(name, sampler, steps):
+    """Every lax.fori_loop sampler (samplers.integrate: flow / EDM / TrigFlow; MeanFlow;
+    shortcut) with a network that returns float64 under jax_enable_x64: the loop carry was
+    float32 (the noise) and fori_loop refused the float64 step; now the sample is float64 and
+    equals the steps computed by hand."""
+    info = DatasetInfo(name="vec", shape=(3,), num_classes=0, data_std=0.5)
+    with jax.enable_x64(True):
+        method = methods.build(ml_collections.ConfigDict(dict(name=name)), Float64Net(), info)
+        rng = jax.random.key(4)
+        sample = jax.jit(lambda: method.sample({"net": {}}, rng, num_samples=5, num_steps=steps, sampler=sampler))()
+        noise = jax.random.normal(rng, (5, 3), jnp.float32)
+        assert sample.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(sample), hand_loop_samples(name, sampler, steps, noise), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["edm", "trigflow"])
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_ode_samplers_run_with_a_float64_network_under_x64(name, sampler):
+    info = DatasetInfo(name="vec", shape=(3,), num_classes=0, data_std=0.5)
+    with jax.enable_x64(True):
+        method = methods.build(ml_collections.ConfigDict(dict(name=name)), Float64Net(), info)
+        x = jax.jit(
+            lambda: method.sample({"net": {}}, jax.random.key(0), num_samples=4, num_steps=3, sampler=sampler)
+        )()
+        assert x.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(x)))
+    # Without x64 the carry stays float32, as before.
+    x32 = build("flow", FlowExact()).sample(
+        {"net": {"a": jnp.zeros(())}}, jax.random.key(0), num_samples=2, num_steps=2
+    )
+    assert x32.dtype == jnp.float32
+
+
 def test_karras_sigmas():
     s = np.asarray(samplers.karras_sigmas(5, 0.002, 80.0))
     assert s.shape == (6,) and s[-1] == 0.0

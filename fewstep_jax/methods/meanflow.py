@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fewstep_jax.methods import samplers
 from fewstep_jax.methods.base import Method, bcast, register
 
 T_SAMPLING = ("logit_normal", "uniform")
@@ -320,7 +321,7 @@ class MeanFlow(Method):
             u = self.average_velocity(params["net"], z, r, t, y)
             return z - bcast(t - r, z) * u
 
-        return jax.lax.fori_loop(0, num_steps, step, z)
+        return samplers.sampling_loop(0, num_steps, step, z)
 
 
 def check_schedule(schedule: Sequence[float], where: str) -> np.ndarray:

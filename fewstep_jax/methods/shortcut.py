@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fewstep_jax.methods import samplers
 from fewstep_jax.methods.base import Method, bcast, per_example_mean, register
 
 EPS = 1e-5
@@ -217,4 +218,4 @@ class Shortcut(Method):
             v = self.guided(params["net"], x, t, y, guidance, d=d)
             return x + dt * v
 
-        return jax.lax.fori_loop(0, num_steps, step, x)
+        return samplers.sampling_loop(0, num_steps, step, x)

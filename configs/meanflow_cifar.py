@@ -44,6 +44,7 @@ def get_config(arg: str | None = None):
             tr_order="clamp_r",
             ratio_r_neq_t=0.75,
             label_dropout=0.0,
+            label_dropout_policy="first_rows",  # no labels here; the default for conditional variants
             cfg_omega=1.0,
             cfg_kappa=0.0,
             adaptive_p=0.75,

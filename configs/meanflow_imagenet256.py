@@ -16,7 +16,8 @@ tangents 137-329; share of r != t 0% 328.9, 25% 61.06, 100% 67.3; adaptive p = 0
 
 Shared recipe: latents 32x32x4 (sd-vae-ft-mse, scaled by 0.18215); t, r ~ logit-normal(-0.4, 1.0),
 sorted (t = max, r = min); 25% of rows with r != t (the code's data_proportion = 0.75 is the
-share with r = t); class dropout 0.1; adaptive weight p = 1.0, c = 0.01; Adam lr 1e-4 constant,
+share with r = t); class dropout 0.1 on the first rows of the batch, which are r = t rows (the
+code's cond_drop: a Binomial(batch, 0.1) count); adaptive weight p = 1.0, c = 0.01; Adam lr 1e-4 constant,
 betas (0.9, 0.95), no weight decay; batch 256; EMA 0.9999; float32 (the code's default,
 half_precision False); the DiT conditions on t and h = t - r (model.use_d).
 
@@ -64,6 +65,7 @@ def get_config(arg: str | None = None):
             tr_order="sort",
             ratio_r_neq_t=0.25,
             label_dropout=0.1,
+            label_dropout_policy="first_rows",  # the code's cond_drop: the first rows, all r = t
             cfg_omega=1.0,
             cfg_kappa=0.5,
             cfg_t_start=0.0,

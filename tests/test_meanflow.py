@@ -62,7 +62,15 @@ def test_dudt_equals_central_finite_difference_along_the_guided_tangent():
     """du/dt of the loss path == (u(z + h v_g, r, t + h) - u(z - h v_g, r, t - h)) / 2h in float64,
     with guidance folded in (so the tangent is v_g, not v) and h = t - r moving with t."""
     with jax.enable_x64(True):
-        method = build(mlp(num_classes=4), LABELED, ratio_r_neq_t=1.0, label_dropout=0.25, cfg_omega=1.5, cfg_kappa=0.2)
+        method = build(
+            mlp(num_classes=4),
+            LABELED,
+            ratio_r_neq_t=1.0,  # every row r != t: only the independent policy can drop labels
+            label_dropout=0.25,
+            label_dropout_policy="independent",
+            cfg_omega=1.5,
+            cfg_kappa=0.2,
+        )
         params = perturbed_params(method, jnp.float64)["net"]
         eps = 1e-5
 
@@ -221,6 +229,55 @@ def test_guided_velocity_interval_and_dropped_rows(kappa):
     assert abs(dropped.mean() - 0.3) < 0.08
 
 
+@pytest.mark.parametrize("policy", ["first_rows", "independent"])
+def test_label_dropout_policy_picks_its_rows(policy):
+    """'first_rows' (the official JAX code's cond_drop): count = the number of Bernoulli(p)
+    successes, and rows 0 .. count - 1 lose their label; those are the r = t rows (the first
+    n - round(n ratio_r_neq_t)), so every dropped row has r == t. 'independent': the Bernoulli(p)
+    draw of each row itself, on r = t and r != t rows alike. The draw is the label-dropout key of
+    training_terms' documented split. Both drop a fraction p of the rows on average."""
+    n, p = 64, 0.3
+    n_eq = n - round(n * 0.25)  # ratio_r_neq_t = 0.25: rows 0 .. 47 have r = t
+    method = build(LabelNet(), LABELED, label_dropout=p, label_dropout_policy=policy, ratio_r_neq_t=0.25)
+    batch = vector_batch(n, jnp.float32, 4)
+    terms_of = jax.jit(method.training_terms)
+    fractions, dropped_r_neq_t = [], 0
+    for seed in range(200):
+        rng = jax.random.key(seed)
+        terms = terms_of({}, batch, rng)
+        dropped, t, r = (np.asarray(terms[k]) for k in ("dropped", "t", "r"))
+        coin = np.asarray(jax.random.bernoulli(jax.random.split(rng, 4)[2], p, (n,)))
+        if policy == "first_rows":
+            expected = np.arange(n) < min(coin.sum(), n_eq)
+            assert np.all(r[dropped] == t[dropped])  # the null label is trained at h = 0 only
+        else:
+            expected = coin
+        np.testing.assert_array_equal(dropped, expected)
+        np.testing.assert_array_equal(np.asarray(terms["y_in"]), np.where(dropped, 4, np.asarray(batch["y"])))
+        fractions.append(dropped.mean())
+        dropped_r_neq_t += int(np.sum(dropped & (r < t)))
+    assert abs(np.mean(fractions) - p) < 0.02
+    if policy == "independent":  # about 200 * 16 * 0.3 rows: the two policies differ
+        assert dropped_r_neq_t > 500
+    else:
+        assert dropped_r_neq_t == 0
+
+
+def test_first_rows_label_dropout_is_capped_at_the_r_equal_t_rows():
+    """A count above the r = t rows (here 2 of 8 rows, p = 0.9) drops only those rows."""
+    method = build(LabelNet(), LABELED, label_dropout=0.9, ratio_r_neq_t=0.75)
+    assert method.cfg.label_dropout_policy == "first_rows"  # the default
+    terms_of = jax.jit(method.training_terms)
+    batch = vector_batch(8, jnp.float32, 4)
+    counts = []
+    for seed in range(20):
+        terms = terms_of({}, batch, jax.random.key(seed))
+        dropped, t, r = (np.asarray(terms[k]) for k in ("dropped", "t", "r"))
+        assert np.all(dropped[2:] == False) and np.all(r[dropped] == t[dropped])  # noqa: E712
+        counts.append(dropped.sum())
+    assert max(counts) == 2
+
+
 # ---------------------------------------------------------------------------
 # Gaussian data: the average velocity in closed form
 
@@ -304,6 +361,7 @@ def test_exact_average_velocity_gives_zero_loss_and_zero_gradient():
             GAUSS_LABELED,
             ratio_r_neq_t=1.0,
             label_dropout=0.1,
+            label_dropout_policy="independent",
             cfg_omega=0.0,
             cfg_kappa=0.0,
         )
@@ -423,6 +481,8 @@ def test_bad_sampling_requests():
         (None, LABELED, dict(cfg_t_start=0.8, cfg_t_end=0.2), "cfg_t_start <= cfg_t_end"),
         (None, VEC, dict(cfg_omega=2.0), "needs class-conditional data"),
         (None, LABELED, dict(cfg_omega=2.0, label_dropout=0.0), "set label_dropout > 0"),
+        (None, LABELED, dict(label_dropout_policy="random"), "unknown label_dropout_policy"),
+        (None, LABELED, dict(ratio_r_neq_t=1.0), "ratio_r_neq_t = 1 leaves none"),
         (None, VEC, dict(adaptive_c=0.0), "adaptive_c > 0"),
         (None, VEC, dict(sample_schedule=(1.0, 0.5)), "must decrease strictly from 1 to 0"),
         (None, VEC, dict(data_proportion=0.75), r"unknown key\(s\) \['data_proportion'\]"),

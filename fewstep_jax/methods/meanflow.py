@@ -21,7 +21,12 @@ Guidance folded into training (sec. 4.2, eq. 13-19; App. B.1 for kappa), with th
 in eval mode under stop-gradient, for rows with t in [t_start, t_end] whose label was kept:
   v_g = omega v + kappa u_theta(z_t, t, 0 | y) + (1 - omega - kappa) u_theta(z_t, t, 0 | null)
 (effective scale omega / (1 - kappa)); elsewhere v_g = v. omega = 1, kappa = 0 is no guidance.
-Rows whose label is dropped (probability label_dropout) get the null label and v_g = v.
+Rows whose label is dropped get the null label and v_g = v. Which rows (`label_dropout_policy`):
+'first_rows' (default; the official JAX code's cond_drop) draws the count as the number of
+Bernoulli(label_dropout) successes over the batch and drops the FIRST that many rows. The first
+rows are the r = t rows (sample_t_r, as the JAX code's sample_tr), so the null label is trained at
+h = 0 only, which is where guidance queries it (u(z_t, t, 0 | null)). 'independent' drops each row
+with probability label_dropout wherever it is, so the null label also sees r != t.
 
 (t, r) sampling (sec. 4.3): two draws from logit-normal (or uniform) distributions with their own
 parameters, ordered by `tr_order`, then a fixed share `ratio_r_neq_t` of each batch keeps r != t
@@ -51,6 +56,7 @@ from fewstep_jax.methods.base import Method, bcast, register
 
 T_SAMPLING = ("logit_normal", "uniform")
 TR_ORDERS = ("sort", "clamp_r")
+LABEL_DROPOUT_POLICIES = ("first_rows", "independent")
 
 
 @register("meanflow")
@@ -79,6 +85,9 @@ class MeanFlow(Method):
         # `data_proportion`, which is the share with r = t: ImageNet 0.25 here = 0.75 there.
         ratio_r_neq_t: float = 0.25
         label_dropout: float = 0.1  # dropped rows: null label, target v, no guidance
+        # Which rows lose their label: 'first_rows' (the official JAX code: the first rows, all
+        # r = t) or 'independent' (each row with probability label_dropout). See dropped_rows.
+        label_dropout_policy: str = "first_rows"
         # Guidance folded into training (sec. 4.2, App. B.1); (1, 0) = none.
         cfg_omega: float = 1.0
         cfg_kappa: float = 0.0
@@ -107,6 +116,21 @@ class MeanFlow(Method):
             )
         if not 0.0 <= c.label_dropout < 1.0:
             raise ValueError(f"meanflow: label_dropout must be in [0, 1), got {c.label_dropout}")
+        if c.label_dropout_policy not in LABEL_DROPOUT_POLICIES:
+            raise ValueError(
+                f"meanflow: unknown label_dropout_policy {c.label_dropout_policy!r}; "
+                f"known: {', '.join(LABEL_DROPOUT_POLICIES)}"
+            )
+        if (
+            self.conditional
+            and c.label_dropout > 0
+            and c.label_dropout_policy == "first_rows"
+            and c.ratio_r_neq_t == 1.0
+        ):
+            raise ValueError(
+                "meanflow: label_dropout_policy='first_rows' drops labels on r = t rows only and "
+                "ratio_r_neq_t = 1 leaves none: use label_dropout_policy='independent' or ratio_r_neq_t < 1"
+            )
         if c.cfg_omega < 0:
             raise ValueError(f"meanflow: cfg_omega must be >= 0, got {c.cfg_omega}")
         if not 0.0 <= c.cfg_kappa < 1.0:
@@ -173,6 +197,28 @@ class MeanFlow(Method):
         n_eq = n - int(round(n * self.cfg.ratio_r_neq_t))
         return np.arange(n) < n_eq
 
+    def dropped_rows(self, rng, n: int) -> jax.Array:
+        """Bool [n]: the rows trained with the null label (label_dropout, label_dropout_policy).
+
+        'first_rows' (MeanFlow official JAX code, cond_drop): count = number of Bernoulli(p)
+        successes over the n rows, and rows 0 .. count - 1 are dropped. The first rows are the
+        r = t rows (r_eq_t_rows, the same order as the code's sample_tr), so every dropped row has
+        r = t and h = 0. The count is capped at the number of r = t rows; the code does not cap it,
+        but its ImageNet setting (75% of rows at r = t, p = 0.1) never reaches the cap in practice.
+        The code drops the first rows of each device's batch under pmap; here the batch is global
+        (its first rows are its r = t rows), and a sum of per-device binomial counts is the same
+        binomial over the whole batch. 'independent': each row with probability p.
+        """
+        c = self.cfg
+        if c.label_dropout <= 0:
+            return jnp.zeros((n,), bool)
+        coin = jax.random.bernoulli(rng, c.label_dropout, (n,))
+        if c.label_dropout_policy == "independent":
+            return coin
+        n_eq = int(np.sum(self.r_eq_t_rows(n)))
+        count = jnp.minimum(jnp.sum(coin), n_eq)
+        return jnp.arange(n) < count
+
     def guided_velocity(self, net_params, z_t, t, v, y, dropped):
         """v_g (eq. 19, App. B.1): the guided velocity for rows with t in [t_start, t_end] whose
         label is kept, v elsewhere; the network terms in eval mode, all under stop-gradient.
@@ -210,10 +256,7 @@ class MeanFlow(Method):
         v = e - x
         if self.conditional and y is not None:
             y = jnp.asarray(y, jnp.int32)
-            if self.cfg.label_dropout > 0:
-                dropped = jax.random.bernoulli(k_lab, self.cfg.label_dropout, (n,))
-            else:
-                dropped = jnp.zeros((n,), bool)
+            dropped = self.dropped_rows(k_lab, n)
             y_in = jnp.where(dropped, self.info.num_classes, y)
         else:
             y, y_in, dropped = None, None, jnp.zeros((n,), bool)

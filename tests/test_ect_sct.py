@@ -16,7 +16,7 @@ from conftest import load_config, quiet
 
 from fewstep_jax import methods, models, train
 from fewstep_jax.data import DatasetInfo
-from fewstep_jax.methods.ect import mapping_ratio, pseudo_huber
+from fewstep_jax.methods.ect import mapping_ratio, pseudo_huber, training_stage
 from fewstep_jax.methods.edm import edm_scalings
 from fewstep_jax.methods.sct import score_identity_eps
 
@@ -127,18 +127,19 @@ def test_edm_loss_and_sampler_are_exact_for_a_point_mass():
 
 @pytest.mark.parametrize("offset", [1, 0])
 def test_mapping_function_reproduces_the_stage_table(offset):
-    """ECT eq. 9 with q = 2, k = 8, b = 1, d = 25k: r / t = max(0, 1 - n(t) / 2^(stage + offset))."""
+    """ECT eq. 9 with q = 2, k = 8, b = 1, d = 25k: r / t = max(0, 1 - n(t) / 2^(stage + offset)),
+    stage s on steps s d + 1 .. (s + 1) d (stage 0 also on step 0; see the stage-boundary test)."""
     t = np.array([0.0, 0.05, 0.5, 2.0, 10.0, 80.0])
     n = 1 + 8 / (1 + np.exp(t))
     for stage in range(8):
         expected = np.maximum(0.0, 1 - n / 2.0 ** (stage + offset))
-        for it in (stage * 25_000, stage * 25_000 + 24_999):
+        for it in (stage * 25_000 + 1 if stage else 0, (stage + 1) * 25_000):
             got = mapping_ratio(jnp.asarray(t), it, q=2.0, d=25_000, k=8.0, b=1.0, offset=offset, smooth=False)
             np.testing.assert_allclose(np.asarray(got), expected, atol=1e-6)
     # Hand values: n(0) = 5, n(80) = 1 (to 1e-34): at t = 80, r / t = 1 - 2^-(stage + offset).
-    table = mapping_ratio(jnp.asarray([0.0, 80.0]), 50_000, q=2.0, d=25_000, k=8.0, b=1.0, offset=1, smooth=False)
+    table = mapping_ratio(jnp.asarray([0.0, 80.0]), 50_001, q=2.0, d=25_000, k=8.0, b=1.0, offset=1, smooth=False)
     np.testing.assert_allclose(np.asarray(table), [1 - 5 / 8, 1 - 1 / 8], atol=1e-6)
-    far = [float(mapping_ratio(jnp.asarray(80.0), s * 25_000, q=2.0, d=25_000, k=8.0, b=1.0, offset=offset,
+    far = [float(mapping_ratio(jnp.asarray(80.0), s * 25_000 + 1, q=2.0, d=25_000, k=8.0, b=1.0, offset=offset,
                                smooth=False)) for s in range(8)]  # fmt: skip
     hand = [0.5, 0.75, 0.875, 0.9375, 0.96875, 0.984375, 0.9921875, 0.99609375]
     np.testing.assert_allclose(far, hand if offset == 1 else [0.0] + hand[:7], atol=1e-6)
@@ -148,15 +149,59 @@ def test_mapping_function_reproduces_the_stage_table(offset):
 
 
 def test_smooth_mapping_meets_the_stages_at_stage_boundaries_and_lies_between():
+    """SCT's smooth exponent equals ECT's stage at the first step of each stage (s d + 1) and lies
+    between two stages inside one."""
     t = jnp.asarray([0.1, 1.0, 5.0])
     kw = dict(q=2.0, d=100, k=8.0, b=1.0, offset=1)
     for stage in range(1, 6):
-        at = mapping_ratio(t, stage * 100, smooth=True, **kw)
-        np.testing.assert_allclose(np.asarray(at), np.asarray(mapping_ratio(t, stage * 100, smooth=False, **kw)))
-        mid = np.asarray(mapping_ratio(t, stage * 100 + 50, smooth=True, **kw))
-        lo = np.asarray(mapping_ratio(t, stage * 100, smooth=False, **kw))
-        hi = np.asarray(mapping_ratio(t, (stage + 1) * 100, smooth=False, **kw))
+        first = stage * 100 + 1
+        at = mapping_ratio(t, first, smooth=True, **kw)
+        np.testing.assert_allclose(np.asarray(at), np.asarray(mapping_ratio(t, first, smooth=False, **kw)))
+        mid = np.asarray(mapping_ratio(t, first + 50, smooth=True, **kw))
+        lo = np.asarray(mapping_ratio(t, first, smooth=False, **kw))
+        hi = np.asarray(mapping_ratio(t, first + 100, smooth=False, **kw))
         assert np.all((mid >= lo) & (mid <= hi) & ((hi == lo) | (mid > lo)))
+    steps = jnp.arange(0, 700)
+    np.testing.assert_array_equal(
+        np.floor(np.asarray(training_stage(steps, 100, smooth=True))), np.asarray(training_stage(steps, 100))
+    )
+
+
+def official_tick_loop_stages(num_steps: int, batch: int, tick_images: int, double_ticks: int) -> list[int]:
+    """The stage each step's loss uses in the official ECT loop (locuslab/ect,
+    training/ct_training_loop.py), bookkeeping only: the loss runs with the current stage, then
+    cur_nimg += batch; a tick ends when cur_tick == 0 (tick 0 is one step) or when tick_images
+    more images were seen; at a tick's end cur_tick += 1 and stage = (cur_tick - 1) // double_ticks."""
+    stages, stage, cur_nimg, cur_tick, tick_start = [], 0, 0, 0, 0
+    for _ in range(num_steps):
+        stages.append(stage)
+        cur_nimg += batch
+        if cur_tick != 0 and cur_nimg < tick_start + tick_images:
+            continue
+        cur_tick, tick_start = cur_tick + 1, cur_nimg
+        stage = max(stage, (cur_tick - 1) // double_ticks)
+    return stages
+
+
+@pytest.mark.parametrize("ticks_per_stage,steps_per_tick", [(1, 3), (3, 1), (2, 2)])
+def test_stage_switches_when_the_official_tick_loop_does(ticks_per_stage, steps_per_tick):
+    """Stage boundaries for d = ticks_per_stage * steps_per_tick steps per stage: steps 0 .. d in
+    stage 0, then s d + 1 .. (s + 1) d in stage s (d = 3: 0 0 0 0 1 1 1 2 2 2 3), as the official
+    tick loop schedules them; `iteration // d` switches one step early. Checked through the
+    method's mapping r(t) too (k = 0: r / t = 1 - 2^-(stage + 1))."""
+    d, batch = ticks_per_stage * steps_per_tick, 8
+    official = official_tick_loop_stages(4 * d + 2, batch, steps_per_tick * batch, ticks_per_stage)
+    by_hand = [0] + [(i - 1) // d for i in range(1, 4 * d + 2)]
+    assert official == by_hand
+    if d == 3:
+        assert official == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+    steps = jnp.arange(4 * d + 2)
+    np.testing.assert_array_equal(np.asarray(training_stage(steps, d)), official)
+    assert [i // d for i in range(4 * d + 2)] != official  # the images-seen rule switches earlier
+    method = build("ect", stage_length=d, k=0.0, q=2.0, stage_offset=1)
+    t = jnp.full((1,), 1.7, jnp.float32)
+    ratios = np.array([float(method.mapping(t, jnp.asarray(i, jnp.int32))[0]) / 1.7 for i in range(4 * d + 2)])
+    np.testing.assert_allclose(ratios, 1.0 - 2.0 ** -(np.asarray(official) + 1.0), rtol=1e-6)
 
 
 def test_pseudo_huber_and_its_gradient_at_zero():

@@ -9,10 +9,12 @@ sigma_min = 0.003 so that f(x, 0.003) = x exactly (`sigma_min_shift`).
 Training (ECT sec. 3, Alg. 1), per sample:
 - t = exp(P_mean + P_std N(0, 1))                       (log-normal, like EDM)
 - r = max(0, t (1 - n(t) / q^e)), n(t) = 1 + k sigmoid(-b t)   (the "sigmoid" mapping, eq. 9)
-  with e = stage + offset, stage = iteration // d. offset = 1 is the official code (its stage 0
-  already tunes a pretrained diffusion model); offset = 0 is the paper's q^stage, whose stage 0
-  gives r = 0, i.e. diffusion pre-training. `mapping='smooth'` replaces the stage by the
-  continuous iteration / d (SCT's smoother schedule, see methods/sct.py).
+  with e = stage + offset, stage = max(step - 1, 0) // d for the 0-based optimizer step (see
+  training_stage: the official tick loop enters stage s >= 1 at step s d + 1, not s d). offset = 1
+  is the official code (its stage 0 already tunes a pretrained diffusion model); offset = 0 is
+  the paper's q^stage, whose stage 0 gives r = 0, i.e. diffusion pre-training. `mapping='smooth'`
+  replaces the stage by the continuous max(step - 1, 0) / d (SCT's smoother schedule, see
+  methods/sct.py), which equals the stage at the first step of every stage.
 - one noise eps for both points: x_t = x0 + t eps, x_r = x_t - (t - r) eps = x0 + r eps
 - prediction f_theta(x_t, t) and target SG(f_theta(x_r, r)) with the SAME online weights and
   the same dropout key, both in train mode (not an EMA teacher); where r = 0 the target is x_r
@@ -43,14 +45,31 @@ MAPPINGS = ("stages", "smooth")
 WEIGHTINGS = ("inv_dt", "edm")
 
 
+def training_stage(iteration: jax.Array, d: int, *, smooth: bool = False) -> jax.Array:
+    """The stage (float32) of ECT's mapping at the 0-based optimizer step `iteration`, as the
+    official training loop (locuslab/ect, training/ct_training_loop.py) schedules it:
+    max(iteration - 1, 0) // d, or max(iteration - 1, 0) / d with smooth (SCT's schedule).
+
+    The official loop counts kimg "ticks" and moves to the next stage only at a tick's end
+    (stage = (ticks done - 1) // double_ticks, d = double_ticks x iterations per tick), and its
+    tick 0 is a single iteration. So steps 0 .. d train in stage 0 and stage s >= 1 starts at
+    step s d + 1: one step after iteration // d, the number of images seen before the step over
+    the images per stage, would switch. The smooth exponent uses the same count, so it meets the
+    stages at the first step of each stage and floor(smooth) == stage at every step.
+    """
+    done = jnp.maximum(jnp.asarray(iteration) - 1, 0)
+    if smooth:
+        return done.astype(jnp.float32) / d
+    return (done.astype(jnp.int32) // d).astype(jnp.float32)
+
+
 def mapping_ratio(
     t: jax.Array, iteration: jax.Array, *, q: float, d: int, k: float, b: float, offset: int, smooth: bool
 ) -> jax.Array:
     """r / t of ECT's sigmoid mapping function (ECT eq. 9 and Sec. 3.3):
-    1 - n(t) / q^e, n(t) = 1 + k sigmoid(-b t), e = offset + (iteration / d if smooth else iteration // d),
+    1 - n(t) / q^e, n(t) = 1 + k sigmoid(-b t), e = offset + training_stage(iteration, d, smooth),
     clipped at 0 (r >= 0)."""
-    it = jnp.asarray(iteration)
-    stage = it.astype(jnp.float32) / d if smooth else (it.astype(jnp.int32) // d).astype(jnp.float32)
+    stage = training_stage(iteration, d, smooth=smooth)
     n = 1.0 + k * jax.nn.sigmoid(-b * t)
     return jnp.maximum(0.0, 1.0 - n / jnp.power(q, offset + stage))
 
@@ -76,9 +95,9 @@ class ECT(Preconditioned):
         p_mean: float = -1.1  # CIFAR-10 (-1.1, 2.0); ImageNet-64 (-0.8, 1.6)
         p_std: float = 2.0
         # The mapping t -> r (ECT eq. 9): r = max(0, t (1 - n(t) / q^e)).
-        mapping: str = "stages"  # 'stages' (e = stage + offset) or 'smooth' (SCT: e = iteration / d + offset)
+        mapping: str = "stages"  # 'stages' (e = stage + offset) or 'smooth' (SCT: the stage without the floor)
         q: float = 2.0  # CIFAR-10: 2; ImageNet-64: 4
-        stage_length: int = 25_000  # d: iterations per stage
+        stage_length: int = 25_000  # d: iterations per stage (stage s >= 1 starts at step s d + 1)
         k: float = 8.0
         b: float = 1.0
         stage_offset: int = 1  # 1: q^(stage + 1), the official code; 0: q^stage, the paper (stage 0 = diffusion)

@@ -20,7 +20,9 @@ this suite's reading of the paper; each is behind a config flag (README, "Method
    differently, at the level of float32 rounding). Other distances use ||a||^2 - 2 a.b + ||b||^2 with a
    full-precision matmul. Where r = 0 the target is x0_hat (INTERPRETATION).
 2. Smoother schedule (sec. 4.2, INTERPRETATION): r = max(0, t (1 - n(t) / q^(1 + iteration / d)))
-   (`mapping='smooth'`, the default here), with iCT's 1 / (t - r) weighting.
+   (`mapping='smooth'`, the default here), with iCT's 1 / (t - r) weighting. The iteration is
+   counted as ECT's stages are (methods/ect.py, training_stage: max(step - 1, 0) for the 0-based
+   step), so the smooth exponent equals ECT's stage exponent at the first step of every stage.
 3. Phased ("multistep") consistency tuning (sec. 4.3): edges 0 = s_0 < s_1 < ... < s_M =
    sigma_max (`phase_edges` holds the interior ones). A sample at t in (s_{m-1}, s_m] learns the
    map to its lower edge, f(x_t, t) = (s/t) x_t + (1 - s/t) D(x_t, t) with s = s_{m-1} (a DDIM

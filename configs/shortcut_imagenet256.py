@@ -4,6 +4,9 @@ Targets FID-50k (128 / 4 / 1 steps): DiT-B/2 15.5 / 28.3 / 40.3; DiT-XL/2 3.8 / 
 Latents 32x32x4 (sd-vae-ft-mse, scaled by 0.18215); AdamW 1e-4, weight decay 0.1, constant lr;
 EMA 0.999; batch 256; 810k iterations; bf16; label dropout 0.1 on flow rows; guidance
 w = 1.5 baked into the finest bootstrap level (and applied at sampling only at 128 steps).
+Evaluation and sample grids at 1, 4 and 128 steps with eval.guidance = 1.5: the 128-step (flow
+level) samples use 1.5, the 1- and 4-step samples 1 (their guidance comes from training); the
+results table records the scale of each row (methods/shortcut.py, sampling_guidance).
 
   python -m fewstep_jax.main --config=configs/shortcut_imagenet256.py:xl --workdir=runs/shortcut_imagenet256_xl
 
@@ -28,6 +31,7 @@ def get_config(arg: str | None = None):
     if variant != "smoke":
         c.model.size = "XL" if variant == "xl" else "B"
     c.method.update(dict(label_dropout=0.1, cfg_scale=1.5))
+    c.eval.guidance = 1.5  # at 128 steps only (Shortcut.sampling_guidance)
     c.train.update(dict(num_steps=810_000, batch_size=256))
     if variant == "smoke":
         c.train.update(dict(num_steps=30, batch_size=32))

@@ -89,7 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
             sampler="euler",
             num_samples=0,  # 0: the evaluator's recommended count
             grid_size=100,  # samples in a grid PNG
-            guidance=1.0,  # classifier-free guidance scale (1 = none)
+            # Classifier-free guidance scale (1 = none), at the step counts where the method
+            # guides at sampling time (Method.sampling_guidance; shortcut: num_steps_max only) and
+            # 1 at the others; each result row records the scale it used.
+            guidance=1.0,
             use_ema=True,  # sample with the first EMA
             batch_size=500,
             checkpoint_step=0,  # --mode=sample / eval: the checkpoint to use (0 = the latest)

@@ -17,6 +17,8 @@ from jax.experimental import multihost_utils
 from fewstep_jax.config_lib import EvalConfig
 
 PROGRESS_SECONDS = 30.0
+#: Keys of an evaluation row that describe how it was sampled; every other key is a metric.
+ROW_KEYS = ("steps", "nfe", "guidance")
 
 
 class SampleFns:
@@ -118,7 +120,8 @@ def generate_steps(
     labels: np.ndarray | None,
     batch_size: int,
 ) -> np.ndarray:
-    """n samples with `num_steps` steps of the configured sampler and guidance (key fold_in(rng, steps))."""
+    """n samples with `num_steps` steps of the configured sampler (key fold_in(rng, steps)), with
+    the guidance the method applies at that step count for eval.guidance (Method.sampling_guidance)."""
     return generate(
         sample_fns,
         params,
@@ -127,7 +130,7 @@ def generate_steps(
         labels=labels,
         num_steps=num_steps,
         sampler=ev.sampler,
-        guidance=ev.guidance,
+        guidance=sample_fns.method.sampling_guidance(num_steps, ev.guidance),
         batch_size=batch_size,
     )
 
@@ -225,7 +228,8 @@ def evaluate_steps(
     rng: jax.Array,
     steps: Sequence[int],
 ) -> list[dict]:
-    """Metric rows (one per step count) for the configured sampler and guidance."""
+    """Metric rows (one per step count) for the configured sampler and guidance; each row records
+    the guidance scale its samples used (eval.guidance where the method applies it, else 1)."""
     n = ev.num_samples or evaluator.num_samples
     labels = eval_labels(method.info.num_classes, n)
     rows = []
@@ -234,12 +238,18 @@ def evaluate_steps(
             sample_fns, params, rng, k, ev, n=n, labels=labels, batch_size=min(ev.batch_size, n)
         )
         metrics = evaluator.evaluate(samples, labels)
-        row = {"steps": int(k), "nfe": method.nfe(k, ev.sampler), **{m: float(v) for m, v in metrics.items()}}
+        row = {
+            "steps": int(k),
+            "nfe": method.nfe(k, ev.sampler),
+            "guidance": float(method.sampling_guidance(k, ev.guidance)),
+            **{m: float(v) for m, v in metrics.items()},
+        }
         logging.info(
-            "eval %s steps=%d nfe=%d: %s",
+            "eval %s steps=%d nfe=%d guidance=%g: %s",
             ev.sampler,
             k,
             row["nfe"],
+            row["guidance"],
             "  ".join(f"{m}={v:.4g}" for m, v in metrics.items()),
         )
         rows.append(row)
@@ -247,18 +257,22 @@ def evaluate_steps(
 
 
 def write_report(rows: list[dict], floor: dict, *, primary: str, out_dir: str, title: str) -> str:
-    """results.json, results.md (a table with the floor) and metric_vs_nfe.png in out_dir."""
+    """results.json, results.md (a table with the floor; a guidance column when a row was guided)
+    and metric_vs_nfe.png in out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"rows": rows, "floor": floor, "primary": primary}, f, indent=2)
-    metrics = [k for k in rows[0] if k not in ("steps", "nfe")] if rows else []
-    lines = [f"# {title}", "", "| steps | NFE | " + " | ".join(metrics) + " |"]
-    lines.append("|" + "---|" * (2 + len(metrics)))
+    metrics = [k for k in rows[0] if k not in ROW_KEYS] if rows else []
+    guided = any(r.get("guidance", 1.0) != 1.0 for r in rows)
+    head = ["steps", "NFE"] + (["guidance"] if guided else [])
+    lines = [f"# {title}", "", "| " + " | ".join(head + metrics) + " |"]
+    lines.append("|" + "---|" * (len(head) + len(metrics)))
     for r in rows:
-        lines.append(f"| {r['steps']} | {r['nfe']} | " + " | ".join(f"{r[m]:.4g}" for m in metrics) + " |")
+        cells = [str(r["steps"]), str(r["nfe"])] + ([f"{r.get('guidance', 1.0):g}"] if guided else [])
+        lines.append("| " + " | ".join(cells + [f"{r[m]:.4g}" for m in metrics]) + " |")
     if floor:
         values = " | ".join(f"{floor.get(m, float('nan')):.4g}" for m in metrics)
-        lines.append(f"| real data (floor) | - | {values} |")
+        lines.append("| real data (floor) | " + " | ".join(["-"] * (len(head) - 1) + [values]) + " |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)

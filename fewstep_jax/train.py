@@ -462,7 +462,7 @@ def run_eval(exp: Experiment, sample_fns, evaluator, state, step: int) -> dict[s
     out = {}
     for r in rows:
         for m, v in r.items():
-            if m not in ("steps", "nfe"):
+            if m not in eval_lib.ROW_KEYS:
                 out[f"eval/{ev.sampler}_nfe{r['nfe']}/{m}"] = v
     return out
 

@@ -84,6 +84,7 @@ def test_shortcut_paper_values():
         inet = load_config("shortcut_imagenet256", variant)
         assert inet.model.size == size and (inet.train.batch_size, inet.train.num_steps) == (256, 810_000)
         assert (inet.method.cfg_scale, inet.method.label_dropout, inet.data.conditional) == (1.5, 0.1, True)
+        assert (inet.eval.nfes, inet.eval.guidance) == ((1, 4, 128), 1.5)  # guidance at 128 steps only
 
 
 def test_ect_sct_paper_values():

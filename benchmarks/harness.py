@@ -79,7 +79,7 @@ NETWORKS = {
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    return config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name, None)
+    return config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def network_model(network: str) -> ml_collections.ConfigDict:

@@ -101,9 +101,7 @@ def config_arg(dataset: str, run: Run) -> str:
 def load_config(dataset: str, run: Run):
     from fewstep_jax import config_lib
 
-    config = config_lib.load_sibling(
-        os.path.join(REPO, "configs", "x.py"), f"{run.config}_{dataset}", run.variant or None
-    )
+    config = config_lib.load_config(os.path.join(REPO, "configs", f"{run.config}_{dataset}.py"), run.variant or None)
     config.update_from_flattened_dict(overrides(dataset, run, config.train.num_steps))
     return config
 

@@ -14,38 +14,15 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:cond`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
-
-ECT_CIFAR = dict(
-    sigma_d=0.5,
-    p_mean=-1.1,
-    p_std=2.0,
-    mapping="stages",
-    q=2.0,
-    stage_length=25_000,
-    k=8.0,
-    b=1.0,
-    stage_offset=1,
-    huber_c=0.0,
-    weighting="inv_dt",
-    sigma_min_shift=0.003,
-    t_mid=0.821,
-    label_dropout=0.0,
-)
+VARIANTS = config_lib.Variants(options=("cond",))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("cond", "smoke"))
-    c = config_lib.load_sibling(__file__, "edm_cifar", arg)
-    c.model.dropout = 0.2
-    c.method = ml_collections.ConfigDict(dict(name="ect", **ECT_CIFAR))
-    c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
-    c.train.update(dict(num_steps=400_000, batch_size=128, ema_decays=(0.9999,), ema_halflives=()))
-    c.train.init_from = "runs/edm_cifar" + ("_cond" if variant == "cond" else "")
-    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_cifar10(conditional=variant.name == "cond")
+    if variant.smoke:
         config_lib.smoke(c)
         c.train.init_from = ""
     return c

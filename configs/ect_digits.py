@@ -14,26 +14,16 @@ paper's q^stage mapping, whose stage 0 is diffusion training, with the teacher's
 `:smoke` (from scratch, seconds on a CPU).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
 
-TEACHER = "runs/edm_digits"
+VARIANTS = config_lib.Variants(options=("uncond", "scratch"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("uncond", "scratch", "smoke"))
-    c = config_lib.load_sibling(__file__, "edm_digits", arg if variant != "scratch" else None)
-    # ECT's CIFAR-10 method settings, with 8 stages over 1,200 steps and no eval shift.
-    c.method = config_lib.load_sibling(__file__, "ect_cifar").method
-    c.method.update(dict(stage_length=150, sigma_min_shift=0.0))
-    c.optim.update(dict(name="radam", lr=2e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
-    c.train.init_from = TEACHER + ("_uncond" if variant == "uncond" else "")
-    c.eval.nfes = (1, 2, 4)
-    if variant == "scratch":
-        c.train.init_from = ""
-        c.method.stage_offset = 0
-        c.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", end_factor=0.1, warmup_steps=100))
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_digits(conditional=variant.name != "uncond", scratch=variant.name == "scratch")
+    if variant.smoke:  # from scratch, with the tuning schedule
+        config_lib.smoke(c)
         c.train.init_from = ""
         c.method.stage_length = 10
-        c.eval.nfes = (1, 2)
     return c

@@ -17,46 +17,15 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
-
-#: size -> (learning rate, dropout), ECT's ImageNet-64 code.
-SIZES = {"s": (1e-3, 0.4), "m": (9e-4, 0.5)}
+VARIANTS = config_lib.Variants(sizes=("s", "m"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, (*SIZES, "smoke"))
-    size = variant if variant in SIZES else "s"
-    lr, dropout = SIZES[size]
-    c = config_lib.load_sibling(__file__, "edm_imagenet64", size if variant != "smoke" else "smoke")
-    c.model.update(dict(dropout=dropout, dropout_res=16))
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="ect",
-            sigma_d=0.5,
-            p_mean=-0.8,
-            p_std=1.6,
-            mapping="stages",
-            q=4.0,
-            stage_length=25_000,
-            stage_offset=1,
-            huber_c=0.06,
-            weighting="edm",
-            t_mid=1.526,
-        )
-    )
-    c.optim.update(
-        dict(name="adam", lr=lr, b1=0.9, b2=0.99, eps=1e-8, schedule="inverse_sqrt", decay_steps=2000, warmup_steps=0)
-    )
-    c.train.update(
-        dict(
-            num_steps=100_000, batch_size=128, ema_decays=(0.9999,), ema_halflives=(), ema_sigma_rels=(0.01, 0.05, 0.10)
-        )
-    )
-    c.train.init_from = f"runs/edm_imagenet64_{size}"
-    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_imagenet64(variant.size)  # lr and dropout of the size: recipes.ECT_IMAGENET64_SIZES
+    if variant.smoke:
         config_lib.smoke(c)
         c.train.init_from = ""
     return c

@@ -10,19 +10,16 @@ P_mean -1.1 + ln 2, the mapping's b = 1 / 2, t_mid = 2 x 0.821.
 Variants: `:smoke` (from scratch).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "edm_toy2d", arg)
-    c.method = config_lib.load_sibling(__file__, "ect_digits").method
-    c.method.update(dict(sigma_d=1.0, p_mean=-0.407, b=0.5, stage_length=c.train.num_steps // 8, t_mid=1.642))
-    c.optim.update(dict(name="radam", lr=2e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
-    c.train.init_from = "runs/edm_toy2d"
-    c.eval.nfes = (1, 2, 4)
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_toy2d()
+    if variant.smoke:  # from scratch, with the tuning schedule
+        config_lib.smoke(c)
         c.train.init_from = ""
         c.method.stage_length = 10
-        c.eval.nfes = (1, 2)
     return c

@@ -1,7 +1,7 @@
 """EDM diffusion on CIFAR-10 (Karras et al. 2022): the pretrained model of ECT / SCT on CIFAR-10.
 
 Target: FID 1.97 unconditional / 1.79 class-conditional (VP, DDPM++, Heun 18 steps = NFE 35,
-EDM Table 2). EDM's CIFAR-10 recipe: DDPM++ exactly as EDM's SongUNet (config_lib.ddpmpp_unet:
+EDM Table 2). EDM's CIFAR-10 recipe: DDPM++ exactly as EDM's SongUNet (recipes.ddpmpp_unet:
 128 channels, multipliers [2, 2, 2], 4 blocks per resolution, attention at 16x16, resampling
 residual blocks, positional noise embedding; 55.7M parameters), dropout 0.13, Adam lr 1e-3, batch
 512, 200 Mimg (390k iterations), lr warmup over 10 Mimg, EMA half-life 0.5 Mimg, proposal
@@ -15,19 +15,18 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:cond`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(options=("cond",))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("cond", "smoke"))
-    c = config_lib.load_sibling(__file__, "trigflow_cifar", "smoke" if variant == "smoke" else None)
-    c.data.conditional = variant == "cond"
+    variant = VARIANTS.parse(arg)
+    c = recipes.cifar10(conditional=variant.name == "cond")
     c.model.emb_norm = "additive"  # DDPM++ as in EDM (adaptive_scale=False; no sCM changes)
-    c.method = ml_collections.ConfigDict(
-        dict(name="edm", sigma_d=0.5, p_mean=-1.2, p_std=1.2, label_dropout=0.0, sigma_min=0.002, sigma_max=80.0)
-    )
-    c.optim.update(dict(warmup_steps=19_531))  # 10 Mimg at batch 512
+    c.method = recipes.edm(sigma_min=0.002, sigma_max=80.0)
+    c.optim.warmup_steps = 19_531  # 10 Mimg at batch 512
     c.train.num_steps = 390_625  # 200 Mimg
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

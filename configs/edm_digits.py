@@ -12,15 +12,15 @@ weighting (Karras et al. 2022, Table 1). ECT / SCT initialize from its EMA (trai
 Variants: `:uncond` (no labels, the teacher of the unconditional ECT / SCT runs), `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(options=("uncond",))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("uncond", "smoke"))
-    c = config_lib.load_sibling(__file__, "trigflow_digits", "smoke" if variant == "smoke" else None)
-    c.method = ml_collections.ConfigDict(dict(name="edm", sigma_d=0.5, p_mean=-1.2, p_std=1.2, label_dropout=0.1))
-    if variant == "uncond":
-        c.data.conditional = False
+    variant = VARIANTS.parse(arg)
+    c = recipes.digits(conditional=variant.name != "uncond")
+    c.method = recipes.edm(label_dropout=0.1)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

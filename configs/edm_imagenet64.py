@@ -14,19 +14,16 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(sizes=("s", "m", "l", "xl"))
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
-    c = config_lib.load_sibling(__file__, "trigflow_imagenet64", arg)
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="edm", sigma_d=0.5, p_mean=-0.8, p_std=1.6, learned_weighting=True, logvar_form="mp_fourier",
-            label_dropout=0.0,
-        )
-    )
+    variant = VARIANTS.parse(arg)
+    c = recipes.imagenet64(variant.size)
+    c.method = recipes.edm(p_mean=-0.8, p_std=1.6, learned_weighting=True, logvar_form="mp_fourier")
     c.train.ema_sigma_rels = (0.05, 0.10)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

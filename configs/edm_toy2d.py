@@ -8,13 +8,15 @@ std ~1), EDM's proposal ln sigma ~ N(-1.2, 1.2^2).
 Variants: `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_toy2d", arg)
-    c.method = ml_collections.ConfigDict(dict(name="edm", sigma_d=1.0, p_mean=-1.2, p_std=1.2, label_dropout=0.0))
+    variant = VARIANTS.parse(arg)
+    c = recipes.toy2d("checkerboard")
+    c.method = recipes.edm(sigma_d=1.0)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -8,13 +8,15 @@ same data, network, optimizer and budget as configs/trigflow_digits.py.
 Variants: `:smoke` (seconds on a CPU, for tests).
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_digits", arg)
-    c.method = ml_collections.ConfigDict(dict(name="flow", noise_std=1.0, t_sampling="uniform", label_dropout=0.1))
+    variant = VARIANTS.parse(arg)
+    c = recipes.digits()
+    c.method = recipes.flow(label_dropout=0.1)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -6,13 +6,15 @@ budget as configs/trigflow_toy2d.py.
 Variants: `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_toy2d", arg)
-    c.method = ml_collections.ConfigDict(dict(name="flow", noise_std=1.0, t_sampling="uniform", label_dropout=0.0))
+    variant = VARIANTS.parse(arg)
+    c = recipes.toy2d("checkerboard")
+    c.method = recipes.flow()
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -2,7 +2,7 @@
 recipe of the official PyTorch code (Gsunshine/py-meanflow, scripts/cifar10_v1.sh).
 
 Target: FID-50k 2.92 at 1 NFE (paper, Table 3; the v1 script is reported to reach ~2.9).
-Network: the code's SongUNet DDPM++ (config_lib.ddpmpp_unet: 128 channels, multipliers
+Network: the code's SongUNet DDPM++ (recipes.ddpmpp_unet: 128 channels, multipliers
 [2, 2, 2], 4 blocks per resolution, attention at 16x16, resampling residual blocks), with the
 code's resampling filter [1, 3, 3, 1], no EDM preconditioner, dropout 0.2, taking t and the
 interval h = t - r (model.use_d): 56.1M parameters. The code concatenates 256-wide positional
@@ -24,38 +24,21 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_cifar", arg)  # CIFAR-10 data, DDPM++ U-Net
+    variant = VARIANTS.parse(arg)
+    c = recipes.cifar10()  # CIFAR-10 data, DDPM++ U-Net
     c.model.update(dict(dropout=0.2, use_d=True, emb_norm="additive", resample_filter=(1, 3, 3, 1)))
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="meanflow",
-            t_sampling="logit_normal",
-            t_logit_mean=-0.6,
-            t_logit_std=1.6,
-            r_logit_mean=-4.0,
-            r_logit_std=1.6,
-            tr_order="clamp_r",
-            ratio_r_neq_t=0.75,
-            label_dropout=0.0,
-            label_dropout_policy="first_rows",  # no labels here; the default for conditional variants
-            cfg_omega=1.0,
-            cfg_kappa=0.0,
-            adaptive_p=0.75,
-            adaptive_c=1e-3,
-        )
-    )
+    c.method = recipes.meanflow()
     c.optim.update(dict(name="adam", lr=6e-4, b1=0.9, b2=0.999, weight_decay=0.0, schedule="constant"))
     c.optim.warmup_steps = 200 * 50_000 // 1024
     c.train.update(dict(num_steps=800_000, batch_size=1024, ema_decays=(0.9999, 0.99995, 0.9996), ema_halflives=()))
     c.eval.update(dict(sampler="euler", nfes=(1, 2), num_samples=50_000))
-    if variant == "smoke":
-        config_lib.smoke(c)  # the base smoke settings again (batch, steps, widths, nfes)
+    if variant.smoke:
+        config_lib.smoke(c)
         c.optim.warmup_steps = 0
     return c

@@ -25,16 +25,17 @@ same checkpoint differ by up to 0.55 fd: the end-of-training evaluation (another
 Variants: `:smoke` (seconds on a CPU, for tests).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "flow_digits", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.digits()
     c.model.use_d = True
-    c.method = config_lib.load_sibling(__file__, "meanflow_cifar").method  # the official CIFAR-10 recipe
-    c.method.label_dropout = 0.1  # as the flow baseline
+    c.method = recipes.meanflow(label_dropout=0.1)  # the official CIFAR-10 recipe; dropout as the flow baseline
     c.eval.nfes = (1, 2, 4)
-    if variant == "smoke":
-        c.eval.nfes = (1, 2)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

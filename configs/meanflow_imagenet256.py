@@ -39,59 +39,25 @@ Training writes sample grids of the latents (channels 0-2); FID needs the images
 the VAE, which is not part of the suite, so train.eval_every = 0.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(sizes=("b4", "xl"))
 
 STEPS_PER_EPOCH = 1_281_167 // 256  # ImageNet-1k train images at batch 256
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("b4", "xl", "smoke")) or "b4"
-    c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(
-        dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215, data_dir="")
-    )
-    size, patch = ("XL", 2) if variant == "xl" else ("B", 4)
-    c.model = ml_collections.ConfigDict(dict(name="dit", size=size, patch=patch, use_d=True, dtype="float32"))
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="meanflow",
-            t_sampling="logit_normal",
-            t_logit_mean=-0.4,
-            t_logit_std=1.0,
-            r_logit_mean=-0.4,
-            r_logit_std=1.0,
-            tr_order="sort",
-            ratio_r_neq_t=0.25,
-            label_dropout=0.1,
-            label_dropout_policy="first_rows",  # the code's cond_drop: the first rows, all r = t
-            cfg_omega=1.0,
-            cfg_kappa=0.5,
-            cfg_t_start=0.0,
-            cfg_t_end=1.0,
-            adaptive_p=1.0,
-            adaptive_c=0.01,
-        )
-    )
-    if variant == "xl":
+    variant = VARIANTS.parse(arg)
+    xl = variant.size == "xl"
+    c = recipes.latents("imagenet256_latents", conditional=True)
+    c.model = recipes.dit("XL", 2, "float32") if xl else recipes.dit("B", 4, "float32")
+    c.method = recipes.meanflow_imagenet256()
+    if xl:
         c.method.update(dict(cfg_omega=0.2, cfg_kappa=0.92, cfg_t_end=0.75))
     c.optim.update(dict(name="adam", lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.0, schedule="constant"))
-    epochs = 240 if variant == "xl" else 80
-    c.train.update(
-        dict(
-            num_steps=epochs * STEPS_PER_EPOCH,
-            batch_size=256,
-            ema_decays=(0.9999,),
-            log_every=100,
-            checkpoint_every=10_000,
-            sample_every=10_000,
-            eval_every=0,  # FID needs decoded images; the VAE decoder is not in the suite
-        )
-    )
-    c.eval.update(dict(sampler="euler", nfes=(1, 2), num_samples=50_000))
-    if variant == "smoke":
+    epochs = 240 if xl else 80
+    c.train.update(dict(num_steps=epochs * STEPS_PER_EPOCH, batch_size=256, ema_decays=(0.9999,)))
+    c.eval.nfes = (1, 2)
+    if variant.smoke:
         config_lib.smoke(c)
-        c.model.update(dict(hidden=64, depth=2, num_heads=4))
-        c.train.eval_every = 0
     return c

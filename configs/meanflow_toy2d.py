@@ -10,15 +10,17 @@ c = 1e-3); the toy data is unconditional, so no label dropout and no guidance.
 Variants: `:smoke` (seconds on a CPU).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "flow_toy2d", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.toy2d("checkerboard")
     c.model.use_d = True
-    c.method = config_lib.load_sibling(__file__, "meanflow_cifar").method  # the official CIFAR-10 recipe
+    c.method = recipes.meanflow()  # the official CIFAR-10 recipe
     c.eval.nfes = (1, 2, 4, 8)
-    if variant == "smoke":
-        c.eval.nfes = (1, 2)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

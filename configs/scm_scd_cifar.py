@@ -10,13 +10,16 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:smoke`.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "scm_sct_cifar", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_cifar10()
     c.model.dropout = 0.0
-    c.method.name = "scm_scd"
-    c.method.teacher = "runs/trigflow_cifar"
+    c.method.update(dict(name="scm_scd", teacher="runs/trigflow_cifar"))
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -10,15 +10,18 @@ with dropout 0. Everything else as configs/scm_sct_digits.py.
 Variants: `:smoke` (needs a teacher: --config.method.teacher=DIR).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "scm_sct_digits", arg)
-    c.method.name = "scm_scd"
-    c.method.teacher = "runs/trigflow_digits"
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_digits()
+    c.method.update(dict(name="scm_scd", teacher="runs/trigflow_digits"))
     c.model.dropout = 0.0
-    if variant == "smoke":
-        c.method.teacher = "runs/trigflow_digits_smoke"
+    if variant.smoke:
+        config_lib.smoke(c)
+        c.train.init_from = ""
+        c.method.update(dict(tangent_warmup=10, teacher="runs/trigflow_digits_smoke"))
     return c

@@ -12,13 +12,16 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants(sizes=("s", "m", "l", "xl"))
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
-    c = config_lib.load_sibling(__file__, "scm_sct_imagenet64", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_imagenet64(variant.size)
     c.model.dropout = 0.0
-    c.method.name = "scm_scd"
-    c.method.teacher = c.train.init_from
+    c.method.update(dict(name="scm_scd", teacher=c.train.init_from))
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

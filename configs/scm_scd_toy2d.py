@@ -6,14 +6,17 @@
 Variants: `:smoke` (needs a teacher: --config.method.teacher=DIR).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "scm_sct_toy2d", arg)
-    c.method.name = "scm_scd"
-    c.method.teacher = "runs/trigflow_toy2d"
-    if variant == "smoke":
-        c.method.teacher = "runs/trigflow_toy2d_smoke"
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_toy2d()
+    c.method.update(dict(name="scm_scd", teacher="runs/trigflow_toy2d"))
+    if variant.smoke:
+        config_lib.smoke(c)
+        c.train.init_from = ""
+        c.method.update(dict(tangent_warmup=10, teacher="runs/trigflow_toy2d_smoke"))
     return c

@@ -13,15 +13,14 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:smoke`.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_cifar", arg)
-    c.model.dropout = 0.2
-    c.method = config_lib.scm_method("scm_sct")
-    c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.99, schedule="constant"))
-    c.train.init_from = "runs/trigflow_cifar"
-    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_cifar10()
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -12,24 +12,16 @@ tangent warmup H is scaled from 10k of 400k steps to the shorter run.
 Variants: `:smoke` (from scratch, seconds on a CPU).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
 
-TEACHER = "runs/trigflow_digits"
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_digits", arg)  # same data and network
-    c.method = config_lib.scm_method("scm_sct", tangent_warmup=200)  # H scaled to the short run
-    c.optim.name = "radam"
-    c.optim.lr = 2e-4
-    c.optim.b2 = 0.99
-    c.optim.schedule = "constant"
-    c.optim.warmup_steps = 0
-    c.train.init_from = TEACHER
-    c.eval.nfes = (1, 2, 4)
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_digits()
+    if variant.smoke:
+        config_lib.smoke(c)
         c.train.init_from = ""
         c.method.tangent_warmup = 10
-        c.eval.nfes = (1, 2)
     return c

@@ -15,19 +15,14 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(sizes=("s", "m", "l", "xl"))
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("s", "m", "l", "xl", "smoke"))
-    c = config_lib.load_sibling(__file__, "trigflow_imagenet64", arg)
-    c.model.update(dict(dropout=0.45, dropout_res=16))
-    c.method = ml_collections.ConfigDict(
-        dict(name="scm_sct", sigma_d=0.5, p_mean=-1.0, p_std=1.6, tangent_warmup=10_000, tangent_norm_c=0.1, t_mid=1.1)
-    )
-    c.optim.lr = c.optim.lr / 100
-    c.train.init_from = f"runs/trigflow_imagenet64_{c.model.size}"
-    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    variant = VARIANTS.parse(arg)
+    c = recipes.scm_imagenet64(variant.size)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

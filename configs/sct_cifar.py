@@ -18,17 +18,21 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:cond`, `:phased` (4 phases), `:smoke`.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants(options=("cond", "phased"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("cond", "phased", "smoke"))
-    c = config_lib.load_sibling(__file__, "ect_cifar", arg if variant != "phased" else None)
-    c.method.update(dict(name="sct", mapping="smooth", reference_set="batch", reference_bank=0))
-    c.method.guide_snapshot_step = c.train.num_steps // 2
-    if variant == "phased":
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_cifar10(conditional=variant.name == "cond")
+    c.method = recipes.sct(c.method, reference_bank=0)
+    if variant.name == "phased":
         # Edges on EDM's rho = 7 grid of 5 levels in [0.002, 80] (our choice).
-        c.method.phase_edges = (0.17, 2.52, 17.5)
-        c.method.edge_skip_eta = 0.0
+        c.method.update(dict(phase_edges=(0.17, 2.52, 17.5), edge_skip_eta=0.0))
         c.eval.nfes = (4,)
+    if variant.smoke:
+        config_lib.smoke(c)
+        c.train.init_from = ""
+    c.method.guide_snapshot_step = c.train.num_steps // 2
     return c

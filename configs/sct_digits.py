@@ -20,20 +20,21 @@ Variants:
   `:smoke`   from scratch, seconds on a CPU.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants(options=("uncond", "phased", "scratch"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("uncond", "phased", "scratch", "smoke"))
-    c = config_lib.load_sibling(__file__, "ect_digits", arg if variant in ("uncond", "scratch", "smoke") else None)
-    c.method.name = "sct"
-    c.method.mapping = "smooth"
-    c.method.reference_set = "batch"
-    c.method.guide_snapshot_step = c.train.num_steps // 2
-    if variant == "phased":
-        c.method.phase_edges = (0.2, 0.8, 3.2)
-        c.method.edge_skip_eta = 0.0  # the edge-skipping sampler: --config.method.edge_skip_eta=0.25
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_digits(conditional=variant.name != "uncond", scratch=variant.name == "scratch")
+    c.method = recipes.sct(c.method, guide_snapshot_step=c.train.num_steps // 2)
+    if variant.name == "phased":
+        # the edge-skipping sampler: --config.method.edge_skip_eta=0.25
+        c.method.update(dict(phase_edges=(0.2, 0.8, 3.2), edge_skip_eta=0.0))
         c.eval.nfes = (4,)
-    if variant == "smoke":
-        c.method.guide_snapshot_step = 20
+    if variant.smoke:  # from scratch, with the tuning schedule
+        config_lib.smoke(c)
+        c.train.init_from = ""
+        c.method.update(dict(stage_length=10, guide_snapshot_step=20))
     return c

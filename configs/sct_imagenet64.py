@@ -16,15 +16,17 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:smoke`.
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants(sizes=("s", "m"))
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("s", "m", "smoke"))
-    c = config_lib.load_sibling(__file__, "ect_imagenet64", arg)
-    c.method.update(
-        dict(name="sct", mapping="smooth", weighting="inv_dt", reference_set="batch", class_masked=True)
-    )
-    c.method.reference_bank = 16_384
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_imagenet64(variant.size)
+    c.method = recipes.sct(c.method, weighting="inv_dt", class_masked=True, reference_bank=16_384)
+    if variant.smoke:
+        config_lib.smoke(c)
+        c.train.init_from = ""
     c.method.guide_snapshot_step = c.train.num_steps // 2
     return c

@@ -9,15 +9,20 @@ Variants: `:phased` (4 phases with the digits edges scaled to sigma_d = 1: 0.4, 
 4-step edge walking); `:smoke` (from scratch).
 """
 
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, recipes
+
+VARIANTS = config_lib.Variants(options=("phased",))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("phased", "smoke"))
-    c = config_lib.load_sibling(__file__, "ect_toy2d", arg if variant == "smoke" else None)
-    c.method.update(dict(name="sct", mapping="smooth", reference_set="batch"))
-    if variant == "phased":
-        c.method.phase_edges = (0.4, 1.6, 6.4)
-        c.method.edge_skip_eta = 0.0
+    variant = VARIANTS.parse(arg)
+    c = recipes.ect_toy2d()
+    c.method = recipes.sct(c.method)
+    if variant.name == "phased":
+        c.method.update(dict(phase_edges=(0.4, 1.6, 6.4), edge_skip_eta=0.0))
         c.eval.nfes = (4,)
+    if variant.smoke:  # from scratch, with the tuning schedule
+        config_lib.smoke(c)
+        c.train.init_from = ""
+        c.method.stage_length = 10
     return c

@@ -15,36 +15,14 @@ the VAE, which is not part of the suite, so train.eval_every = 0.
 Variants: `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(
-        dict(name="celebahq256_latents", conditional=False, latent_scale=0.18215, data_dir="")
-    )
-    c.model = ml_collections.ConfigDict(dict(name="dit", size="B", patch=2, use_d=True, dtype="bfloat16"))
-    c.method = ml_collections.ConfigDict(
-        dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.0, cfg_scale=1.0)
-    )
-    c.optim.update(dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, schedule="constant"))
-    c.train.update(
-        dict(
-            num_steps=410_000,
-            batch_size=64,
-            ema_decays=(0.999,),
-            log_every=100,
-            checkpoint_every=10_000,
-            sample_every=10_000,
-            eval_every=0,  # FID needs decoded images; the VAE decoder is not in the suite
-        )
-    )
-    c.eval.update(dict(sampler="euler", nfes=(1, 4, 128), num_samples=50_000))
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.shortcut_latents("celebahq256_latents", conditional=False)
+    if variant.smoke:
         config_lib.smoke(c)
-        c.model.update(dict(hidden=64, depth=2, num_heads=4))
-        c.train.eval_every = 0
     return c

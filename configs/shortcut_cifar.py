@@ -9,20 +9,19 @@ Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset
 Variants: `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "trigflow_cifar", arg)
-    c.model.use_d = True
-    c.model.dropout = 0.0
-    c.method = ml_collections.ConfigDict(
-        dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.0, cfg_scale=1.0)
-    )
-    c.optim.update(dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, schedule="constant"))
-    c.train.update(dict(batch_size=128, ema_decays=(0.999,), ema_halflives=()))
+    variant = VARIANTS.parse(arg)
+    c = recipes.cifar10()
+    c.model.update(dict(use_d=True, dropout=0.0))
+    c.method = recipes.shortcut()
+    recipes.shortcut_training(c)
+    c.train.batch_size = 128
     c.eval.update(dict(sampler="euler", nfes=(1, 2, 4, 8, 128)))
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

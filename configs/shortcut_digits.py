@@ -15,20 +15,18 @@ learns from EMA targets of the next finer one, so the lag compounds over the 7 l
 Variants: `:smoke` (seconds on a CPU).
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "flow_digits", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.digits()
     c.model.use_d = True
-    c.method = ml_collections.ConfigDict(
-        dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.1, cfg_scale=1.0)
-    )
+    c.method = recipes.shortcut(label_dropout=0.1)
     c.train.ema_decays = (0.99,)
     c.eval.nfes = (1, 2, 4, 8, 128)
-    if variant == "smoke":
-        c.eval.nfes = (1, 2)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

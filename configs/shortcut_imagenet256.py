@@ -17,22 +17,17 @@ the VAE, which is not part of the suite, so train.eval_every = 0.
 Variants: `:b` (DiT-B/2, default), `:xl` (DiT-XL/2), `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants(sizes=("b", "xl"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("b", "xl", "smoke"))
-    c = config_lib.load_sibling(__file__, "shortcut_celebahq256", "smoke" if variant == "smoke" else None)
-    c.data = ml_collections.ConfigDict(
-        dict(name="imagenet256_latents", conditional=True, latent_scale=0.18215, data_dir="")
-    )
-    if variant != "smoke":
-        c.model.size = "XL" if variant == "xl" else "B"
+    variant = VARIANTS.parse(arg)
+    c = recipes.shortcut_latents("imagenet256_latents", conditional=True, size=variant.size.upper())
     c.method.update(dict(label_dropout=0.1, cfg_scale=1.5))
     c.eval.guidance = 1.5  # at 128 steps only (Shortcut.sampling_guidance)
     c.train.update(dict(num_steps=810_000, batch_size=256))
-    if variant == "smoke":
-        c.train.update(dict(num_steps=30, batch_size=32))
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -6,19 +6,17 @@ budget of configs/flow_toy2d.py (the MLP also takes the step-size level).
 Variants: `:smoke` (seconds on a CPU).
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
+VARIANTS = config_lib.Variants()
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, ("smoke",))
-    c = config_lib.load_sibling(__file__, "flow_toy2d", arg)
+    variant = VARIANTS.parse(arg)
+    c = recipes.toy2d("checkerboard")
     c.model.use_d = True
-    c.method = ml_collections.ConfigDict(
-        dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=0.0, cfg_scale=1.0)
-    )
+    c.method = recipes.shortcut()
     c.eval.nfes = (1, 2, 4, 8, 16, 128)
-    if variant == "smoke":
-        c.eval.nfes = (1, 2)
+    if variant.smoke:
+        config_lib.smoke(c)
     return c

@@ -18,47 +18,15 @@ ImageNet-64: prepare it once with
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 
-import ml_collections
+from fewstep_jax import config_lib, recipes
 
-from fewstep_jax import config_lib
-
-#: size -> (teacher learning rate, dropout), sCM App. G / EDM2's ImageNet-64 presets; the
-#: channels (192 / 256 / 320 / 384) follow from model.size (models.EDM2_SIZES).
-SIZES = {"s": (1e-2, 0.0), "m": (9e-3, 0.1), "l": (8e-3, 0.1), "xl": (7e-3, 0.1)}
+VARIANTS = config_lib.Variants(sizes=("s", "m", "l", "xl"))
 
 
 def get_config(arg: str | None = None):
-    variant = config_lib.parse_variant(arg, (*SIZES, "smoke"))
-    size = variant if variant in SIZES else "s"
-    lr, dropout = SIZES[size]
-    c = config_lib.base_config()
-    c.data = ml_collections.ConfigDict(dict(name="imagenet64", conditional=True, data_dir=""))
-    # channels=None: model.size decides (an explicit channels value would win over it).
-    c.model = ml_collections.ConfigDict(dict(name="edm2", size=size, channels=None, dropout=dropout, dropout_res=0))
-    c.method = ml_collections.ConfigDict(
-        dict(
-            name="trigflow", sigma_d=0.5, p_mean=-0.8, p_std=1.6, learned_weighting=True,
-            logvar_form="mp_fourier", label_dropout=0.0,
-        )
-    )
-    c.optim.update(dict(name="adam", lr=lr, b1=0.9, b2=0.99, eps=1e-11, schedule="inverse_sqrt", decay_steps=35_000))
-    c.train.update(
-        dict(
-            num_steps=400_000,
-            batch_size=2048,
-            ema_decays=(),
-            ema_halflives=(),
-            ema_sigma_rels=(0.05,),
-            log_every=100,
-            checkpoint_every=10_000,
-            sample_every=10_000,
-            eval_every=50_000,
-        )
-    )
-    c.eval.update(dict(sampler="heun", nfes=(32,), num_samples=50_000))
-    if variant == "smoke":
+    variant = VARIANTS.parse(arg)
+    c = recipes.imagenet64(variant.size)  # lr and dropout of the size: recipes.IMAGENET64_SIZES
+    c.method = recipes.trigflow(p_mean=-0.8, p_std=1.6, logvar_form="mp_fourier")
+    if variant.smoke:
         config_lib.smoke(c)
-        c.model.update(
-            dict(channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(32,), channels_per_head=16)
-        )
     return c

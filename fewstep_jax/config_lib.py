@@ -1,9 +1,9 @@
-"""Configuration defaults, presets and validation.
+"""Configuration defaults, the variant grammar, the config loader and validation.
 
-Every file in `configs/` builds its ConfigDict from `base_config()` here and
-mutates the sections it cares about, so a config can be loaded from any working
-directory (the defaults live in the installed package, not next to the config
-files). Sections:
+Every file in `configs/` starts from a dataset preset of `fewstep_jax.recipes`, which starts
+from `base_config()` here, and changes the sections it cares about; no config file loads
+another. A config can be loaded from any working directory (the defaults and recipes live in
+the installed package, not next to the config files). Sections:
 
   data      which embedded / real dataset (see fewstep_jax.data)
   model     network name and its hyperparameters (see fewstep_jax.models)
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Iterator, Mapping
+import types
+from typing import Any, Iterator, Mapping
 
 import ml_collections
 
@@ -35,9 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    c.data = ml_collections.ConfigDict(dict(name="digits", conditional=True))
-    c.model = digits_unet()
-    c.method = ml_collections.ConfigDict(dict(name="trigflow"))
+    # Filled by a dataset preset and a method section of fewstep_jax.recipes.
+    c.data = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()
+    c.method = ml_collections.ConfigDict()
 
     c.optim = ml_collections.ConfigDict(
         dict(
@@ -114,125 +116,95 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def digits_unet(**overrides: Any) -> ml_collections.ConfigDict:
-    """The small DDPM++-style UNet used for every digits experiment."""
-    cfg = dict(
-        name="unet",
-        channels=32,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(4,),
-        dropout=0.0,
-        time_scale=1.0,
-        # 'adaptive_double' is sCM's adaptive double normalization (sec. 4.1); the digits
-        # results in the README use the DDPM++ default.
-        emb_norm="adaptive_scale",
-    )
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One parsed `--config=configs/x.py:NAME`."""
+
+    name: str  # '' (the config as its docstring describes it) or one of the config's VARIANTS
+    size: str  # the network size it trains: the named size, else the config's first; '' without sizes
+
+    @property
+    def smoke(self) -> bool:
+        return self.name == "smoke"
 
 
-def ddpmpp_unet(**overrides: Any) -> ml_collections.ConfigDict:
-    """EDM's DDPM++ for CIFAR-10 (Karras et al. 2022, App. F.2: SongUNet with
-    model_channels 128, channel_mult [2, 2, 2], channel_mult_emb 4, num_blocks 4, attention at
-    16x16, dropout 0.13, resampling residual blocks with the filter [1, 1] and a 1x1 skip
-    projection, attention only on the last decoder block of a level, the embedding added before
-    the second GroupNorm, GroupNorm eps 1e-6 with >= 4 channels per group): ~55.7M parameters
-    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1)."""
-    cfg = dict(
-        name="unet",
-        channels=128,
-        channel_mult=(2, 2, 2),
-        num_blocks=4,
-        attn_resolutions=(16,),
-        dropout=0.13,
-        time_scale=1.0,
-        emb_norm="additive",
-        resample="residual",
-        resample_filter=(1, 1),
-        decoder_attn="last",
-        norm_eps=1e-6,
-        min_group_size=4,
-    )
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+@dataclasses.dataclass(frozen=True)
+class Variants:
+    """The variants a config file accepts, declared once at its top: the one variant grammar.
 
+    `--config=configs/x.py:NAME` names at most one variant; spaces around it are ignored. The
+    names are, in this order: network `sizes` (the first is the default, e.g. `:s` ... `:xl`),
+    recipe `options` (e.g. `:cond`, `:uncond`, `:phased`, `:scratch`), and `:smoke`, which every
+    config has: smoke() applied to the finished config (plus the config's own smoke lines).
+    """
 
-def toy_mlp(**overrides: Any) -> ml_collections.ConfigDict:
-    """The MLP used for every toy2d experiment."""
-    cfg = dict(name="mlp", hidden=256, depth=4, emb_dim=128, time_scale=1.0)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    sizes: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.sizes, *self.options, "smoke")
 
-def scm_method(name: str = "scm_sct", **overrides: Any) -> ml_collections.ConfigDict:
-    """sCM consistency-tuning settings of App. G (CIFAR-10): sigma_d 0.5, P(-1.0, 1.4),
-    tangent warmup H = 10k, normalization c = 0.1, adaptive weighting, t_mid = 1.1."""
-    cfg = dict(
-        name=name,
-        sigma_d=0.5,
-        p_mean=-1.0,
-        p_std=1.4,
-        tangent_warmup=10_000,
-        tangent_norm=True,
-        tangent_norm_c=0.1,
-        adaptive_weighting=True,
-        t_mid=1.1,
-    )
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
-
-
-def toy_data(distribution: str = "checkerboard") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name="toy2d", distribution=distribution))
+    def parse(self, arg: str | None) -> Variant:
+        """`configs/x.py:smoke` -> Variant('smoke', ...); a clear one-line error for an unknown name."""
+        name = (arg or "").strip()
+        if name and name not in self.names:
+            raise ValueError(f"unknown config variant {name!r}; known variants: {', '.join(self.names)}")
+        size = name if name in self.sizes else (self.sizes[0] if self.sizes else "")
+        return Variant(name=name, size=size)
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrink a config so that training runs in seconds on a CPU."""
+    """The `:smoke` variant: shrink a finished config so that training runs in seconds on a CPU."""
     config.train.num_steps = 30
     config.train.batch_size = 32
     config.train.log_every = 10
     config.train.checkpoint_every = 15
     config.train.sample_every = 30
-    config.train.eval_every = 30
+    # A config that does not evaluate during training (latents: FID needs the VAE decoder) still does not.
+    config.train.eval_every = 30 if config.train.eval_every else 0
     config.eval.nfes = (1, 2)
     config.eval.num_samples = 200
     config.eval.grid_size = 16
     config.eval.batch_size = 200
-    if config.model.name == "mlp":
-        config.model.hidden = 64
-        config.model.depth = 2
-    else:  # convolutional / transformer networks: shrink whatever width keys they have
-        if "channels" in config.model:
-            config.model.channels = 16
-        if "num_blocks" in config.model:
-            config.model.num_blocks = 1
-        if "channel_mult" in config.model:
-            config.model.channel_mult = tuple(min(m, 2) for m in config.model.channel_mult)
+    model = config.model
+    if model.name == "mlp":
+        model.hidden = 64
+        model.depth = 2
+    elif model.name == "dit":
+        model.update(dict(hidden=64, depth=2, num_heads=4))
+    elif model.name == "edm2":
+        model.update(dict(channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(32,), channels_per_head=16))
+    else:  # the UNets: shrink whatever width keys they have
+        if "channels" in model:
+            model.channels = 16
+        if "num_blocks" in model:
+            model.num_blocks = 1
+        if "channel_mult" in model:
+            model.channel_mult = tuple(min(m, 2) for m in model.channel_mult)
     return config
 
 
-def load_sibling(this_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """get_config(arg) of configs/<name>.py next to `this_file` (for configs built on another)."""
+def config_module(path: str) -> types.ModuleType:
+    """The config file at `path`, executed: its get_config and VARIANTS.
+
+    The one loader of config files besides the command line (tests, benchmarks, the notebook).
+    """
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+    name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"fewstep_config_{name}", path)
-    if spec is None or spec.loader is None:
+    if spec is None or spec.loader is None or not os.path.isfile(path):
         raise FileNotFoundError(f"config {path} not found")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
 
 
-def parse_variant(arg: str | None, known: Iterable[str]) -> str:
-    """`configs/x.py:smoke` -> 'smoke'; '' for none; clear error for anything else."""
-    variant = (arg or "").strip()
-    known = tuple(known)
-    if variant and variant not in known:
-        raise ValueError(f"unknown config variant {variant!r}; known variants: {', '.join(known) or 'none'}")
-    return variant
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of the config file at `path`, unlocked: what `--config=PATH:ARG` loads."""
+    return config_module(path).get_config(arg)
 
 
 # ---------------------------------------------------------------------------

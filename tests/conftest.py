@@ -23,7 +23,7 @@ def load_config(name: str, variant: str | None = "smoke"):
     """configs/<name>.py:<variant>, unlocked so tests can change it."""
     from fewstep_jax import config_lib
 
-    return config_lib.load_sibling(os.path.join(CONFIGS, "x.py"), name, variant)
+    return config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"), variant)
 
 
 def quiet(config, num_steps: int):

@@ -2,18 +2,86 @@
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
+import sys
 
 import pytest
-from conftest import CONFIGS, load_config
+from conftest import CONFIGS, REPO, load_config
 
+import fewstep_jax
 from fewstep_jax import config_lib
 from fewstep_jax.models import EDM2_SIZES
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
 EMBEDDED = [n for n in NAMES if n.endswith(("_digits", "_toy2d"))]
 PAPER = [n for n in NAMES if n not in EMBEDDED]
+
+#: Files of the repository whose code objects run while a test records them (an audit hook sees
+#: every exec: imports, runpy, exec(open(...).read()) alike).
+_EXECUTED: list[str] | None = None
+
+
+def _record_exec(event: str, args: tuple) -> None:
+    if event == "exec" and _EXECUTED is not None:
+        filename = getattr(args[0], "co_filename", "")  # '<string>' for generated code (dataclasses)
+        if os.path.isfile(filename) and os.path.abspath(filename).startswith(REPO + os.sep):
+            filename = os.path.abspath(filename)
+            _EXECUTED.append(os.path.relpath(filename, REPO))
+
+
+sys.addaudithook(_record_exec)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loading_a_config_executes_at_most_three_files(name, monkeypatch):
+    """Defaults, the paper recipes, the delta: no config file runs another (each variant counted
+    from a fresh import of config_lib and recipes)."""
+    global _EXECUTED
+    path = os.path.join(CONFIGS, f"{name}.py")
+    for variant in (None, *config_lib.config_module(path).VARIANTS.names):
+        for module in ("config_lib", "recipes"):
+            monkeypatch.delitem(sys.modules, f"fewstep_jax.{module}", raising=False)
+            monkeypatch.delattr(fewstep_jax, module, raising=False)
+        _EXECUTED = []
+        try:
+            config_lib.load_config(path, variant)
+            executed = _EXECUTED
+        finally:
+            _EXECUTED = None
+        allowed = {f"configs/{name}.py", "fewstep_jax/config_lib.py", "fewstep_jax/recipes.py"}
+        assert set(executed) <= allowed and len(executed) <= 3, (variant, executed)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configs_share_one_variant_grammar(name):
+    """Each config imports config_lib / recipes only, declares VARIANTS (sizes, options, smoke)
+    and parses its argument with it first; each variant is in the docstring; unknown ones fail
+    in one line; `:smoke` trains a few small steps."""
+    path = os.path.join(CONFIGS, f"{name}.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert all(isinstance(node, ast.ImportFrom) and node.module == "fewstep_jax" for node in imports), name
+    assert {alias.name for node in imports for alias in node.names} <= {"config_lib", "recipes"}, name
+    get_config = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "get_config")
+    assert ast.unparse(get_config.body[0]) == "variant = VARIANTS.parse(arg)", name
+
+    module = config_lib.config_module(path)
+    variants = module.VARIANTS
+    assert type(variants).__name__ == "Variants" and variants.names[-1] == "smoke", name
+    for variant in variants.names:
+        assert f"`:{variant}`" in module.__doc__, (name, variant)
+    known = ", ".join(variants.names)
+    with pytest.raises(ValueError, match=rf"^unknown config variant 'nope'; known variants: {known}$"):
+        module.get_config("nope")
+    assert module.get_config(" smoke ").to_dict() == module.get_config("smoke").to_dict()
+    assert module.get_config("").to_dict() == module.get_config(None).to_dict()
+    if variants.sizes:  # no size named: the first
+        assert module.get_config(None).to_dict() == module.get_config(variants.sizes[0]).to_dict()
+    smoke = module.get_config("smoke")
+    assert smoke.train.num_steps <= 50 and smoke.train.batch_size <= 32 and max(smoke.eval.nfes) <= 2, name
 
 
 def test_every_config_has_a_docstring_with_its_command():

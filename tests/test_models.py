@@ -11,7 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from ml_collections import ConfigDict
 
-from fewstep_jax import config_lib, models
+from fewstep_jax import models, recipes
 from fewstep_jax.models import layers
 
 NUM_CLASSES = 3
@@ -134,7 +134,7 @@ IMAGE_CASES = [
                             emb_norm="adaptive_double"), (16, 16, 3), 2),
     # EDM's DDPM++ topology (resampling residual blocks, last-block decoder attention), here with
     # MeanFlow's [1, 3, 3, 1] resampling filter.
-    ("16x16x3_ddpmpp", dict(config_lib.ddpmpp_unet(
+    ("16x16x3_ddpmpp", dict(recipes.ddpmpp_unet(
         channels=16, channel_mult=(1, 2, 2), attn_resolutions=(8,), resample_filter=(1, 3, 3, 1), dropout=0.0,
         num_blocks=1)), (16, 16, 3), 2),
 ]
@@ -456,9 +456,9 @@ def _analytic_ddpmpp_params(channels: int, mult, blocks: int, attn, res: int, im
 
 
 def test_ddpmpp_parameter_count_matches_edm():
-    """EDM's DDPM++ for unconditional CIFAR-10 (config_lib.ddpmpp_unet): 55.7M parameters (EDM,
+    """EDM's DDPM++ for unconditional CIFAR-10 (recipes.ddpmpp_unet): 55.7M parameters (EDM,
     App. F.2); measured 55,732,739 from shapes."""
-    net = _build(dict(config_lib.ddpmpp_unet()), (32, 32, 3))
+    net = _build(dict(recipes.ddpmpp_unet()), (32, 32, 3))
     x, t = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32)
     shapes = jax.eval_shape(net.init, _key(0), x, t)["params"]
     count = models.count_params(shapes)

@@ -7,7 +7,7 @@ Two topologies share one ResBlock:
     `resamp_with_conv`), attention after every decoder block of an attention level, DDPM++'s
     adaptive scale/shift modulation (emb_norm='adaptive_scale'), GroupNorm eps 1e-5.
   - EDM's DDPM++ exactly (EDM's CIFAR-10 network, ~55.7M parameters unconditional; the config
-    preset config_lib.ddpmpp_unet()): BigGAN-style resampling residual blocks (resample='residual': a ResBlock whose
+    preset recipes.ddpmpp_unet()): BigGAN-style resampling residual blocks (resample='residual': a ResBlock whose
     3x3 conv and 1x1 skip projection see the input resampled with the FIR filter [1, 1]),
     attention only on the last decoder block of a level (decoder_attn='last'), the embedding added
     before the second GroupNorm (emb_norm='additive', EDM adaptive_scale=False), GroupNorm eps
@@ -224,7 +224,7 @@ class UNet(nn.Module):
     ResBlock), resample (RESAMPLINGS), resample_filter (FIR taps of resample='residual'),
     decoder_attn (DECODER_ATTNS), norm_eps (GroupNorm eps), min_group_size (GroupNorm channels per
     group at least, layers.group_count). The defaults are the DDPM++-style network;
-    config_lib.ddpmpp_unet() holds EDM's DDPM++.
+    recipes.ddpmpp_unet() holds EDM's DDPM++.
     """
 
     channels: int = 64

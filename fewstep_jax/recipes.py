@@ -1,0 +1,401 @@
+"""Paper recipes: network presets, dataset presets and one method section per paper.
+
+A config file (`configs/<method>_<dataset>.py`) is one dataset preset or tuning recipe from here
+plus a method section from here plus its own few lines; it never loads another config file.
+Defaults live in `config_lib.base_config()` only; each paper's values live here only, in a
+function whose docstring cites the section, table or appendix they come from.
+
+  networks   toy_mlp, digits_unet, ddpmpp_unet, edm2, dit
+  datasets   toy2d, digits, cifar10, imagenet64, latents: whole configs (data, network and the
+             teacher's optimizer and budget; the method section is the config's to set)
+  methods    trigflow, edm, flow, shortcut, meanflow, meanflow_imagenet256, scm, ect, sct
+  tuning     scm_*, ect_* and shortcut_latents: a method's recipe on one dataset (its pretrained
+             model, optimizer and budget), shared by the configs that differ only in a few keys
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from fewstep_jax import config_lib
+
+ConfigDict = ml_collections.ConfigDict
+
+# ---------------------------------------------------------------------------
+# Networks
+
+
+def toy_mlp(**overrides: Any) -> ConfigDict:
+    """The MLP of every toy2d experiment (4 x 256, a 128-wide time embedding)."""
+    return ConfigDict(dict(dict(name="mlp", hidden=256, depth=4, emb_dim=128, time_scale=1.0), **overrides))
+
+
+def digits_unet(**overrides: Any) -> ConfigDict:
+    """The small DDPM++-style UNet of every digits experiment (32 channels, 756k parameters)."""
+    cfg = dict(
+        name="unet",
+        channels=32,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.0,
+        time_scale=1.0,
+        # 'adaptive_double' is sCM's adaptive double normalization (sec. 4.1); the digits
+        # results in the README use the DDPM++ default.
+        emb_norm="adaptive_scale",
+    )
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def ddpmpp_unet(**overrides: Any) -> ConfigDict:
+    """EDM's DDPM++ for CIFAR-10 (Karras et al. 2022, App. F.2: SongUNet with
+    model_channels 128, channel_mult [2, 2, 2], channel_mult_emb 4, num_blocks 4, attention at
+    16x16, dropout 0.13, resampling residual blocks with the filter [1, 1] and a 1x1 skip
+    projection, attention only on the last decoder block of a level, the embedding added before
+    the second GroupNorm, GroupNorm eps 1e-6 with >= 4 channels per group): ~55.7M parameters
+    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1)."""
+    cfg = dict(
+        name="unet",
+        channels=128,
+        channel_mult=(2, 2, 2),
+        num_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.13,
+        time_scale=1.0,
+        emb_norm="additive",
+        resample="residual",
+        resample_filter=(1, 1),
+        decoder_attn="last",
+        norm_eps=1e-6,
+        min_group_size=4,
+    )
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def edm2(size: str, dropout: float) -> ConfigDict:
+    """EDM2's magnitude-preserving UNet (Karras et al. 2024); `size` S/M/L/XL picks 192 / 256 /
+    320 / 384 channels (models.EDM2_SIZES; channels=None lets the size decide)."""
+    return ConfigDict(dict(name="edm2", size=size, channels=None, dropout=dropout, dropout_res=0))
+
+
+def dit(size: str, patch: int, dtype: str) -> ConfigDict:
+    """DiT-`size`/`patch` (Peebles & Xie 2023, Table 1) conditioned on t and a second scalar (`d`:
+    the shortcut step size, MeanFlow's interval h)."""
+    return ConfigDict(dict(name="dit", size=size, patch=patch, use_d=True, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------
+# Datasets: whole configs with the teacher's network, optimizer and budget
+
+
+def toy2d(distribution: str = "checkerboard") -> ConfigDict:
+    """2-D toy data (std ~1 per coordinate), the MLP, Adam 1e-3 with a cosine decay to 0.1x,
+    3,000 steps at batch 512, EMA 0.995; metric: sliced Wasserstein distance."""
+    c = config_lib.base_config()
+    c.data = ConfigDict(dict(name="toy2d", distribution=distribution))
+    c.model = toy_mlp()
+    c.optim.update(dict(lr=1e-3, schedule="cosine", end_factor=0.1))
+    c.train.update(
+        dict(num_steps=3000, batch_size=512, ema_decays=(0.995,), checkpoint_every=1000, sample_every=3000,
+             eval_every=3000)
+    )
+    c.eval.nfes = (1, 2, 4, 8, 16)
+    return c
+
+
+def digits(conditional: bool = True) -> ConfigDict:
+    """sklearn digits (8x8, 10 classes, embedded), the digits UNet, Adam 2e-3 with 100 warmup
+    steps and a cosine decay to 0.1x, 1,200 steps at batch 128, EMA 0.995; metric: Frechet
+    distance in the features of the suite's digits classifier."""
+    c = config_lib.base_config()
+    c.data = ConfigDict(dict(name="digits", conditional=conditional))
+    c.model = digits_unet()
+    c.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", end_factor=0.1, warmup_steps=100))
+    c.train.update(
+        dict(num_steps=1200, batch_size=128, ema_decays=(0.995,), checkpoint_every=400, sample_every=1200,
+             eval_every=1200)
+    )
+    c.eval.update(dict(nfes=(1, 2, 4, 8), sampler="euler"))
+    return c
+
+
+def cifar10(conditional: bool = False) -> ConfigDict:
+    """CIFAR-10 with sCM's TrigFlow teacher recipe (Lu & Song 2024, App. G): EDM's DDPM++ with
+    adaptive double normalization (sec. 4.1), dropout 0.13, Adam 1e-3 (0.9, 0.999), batch 512,
+    400k iterations, EMA half-life 0.5 Mimg; FID-50k with Heun at 18 steps (NFE 35, Table 1)."""
+    c = config_lib.base_config()
+    c.data = ConfigDict(dict(name="cifar10", conditional=conditional, data_dir=""))
+    c.model = ddpmpp_unet(dropout=0.13, emb_norm="adaptive_double")
+    c.optim.update(dict(name="adam", lr=1e-3, b1=0.9, b2=0.999, schedule="constant"))
+    c.train.update(
+        dict(num_steps=400_000, batch_size=512, ema_decays=(), ema_halflives=(500_000.0,), log_every=100,
+             checkpoint_every=10_000, sample_every=10_000, eval_every=50_000)
+    )
+    c.eval.update(dict(sampler="heun", nfes=(18,), num_samples=50_000))
+    return c
+
+
+#: size -> (learning rate, dropout) of EDM2's ImageNet-64 presets (EDM2 Table 3 / config G; sCM
+#: App. G trains its teachers with them).
+IMAGENET64_SIZES = {"s": (1e-2, 0.0), "m": (9e-3, 0.1), "l": (8e-3, 0.1), "xl": (7e-3, 0.1)}
+
+
+def imagenet64(size: str) -> ConfigDict:
+    """Class-conditional ImageNet 64x64 with EDM2's training recipe as sCM App. G uses it: the
+    EDM2 UNet of `size`, Adam (0.9, 0.99) with eps 1e-11 and the size's lr decayed as
+    lr / sqrt(max(it / 35k, 1)), batch 2048, 400k iterations, EDM2's power EMA sigma_rel 0.05
+    (EDM2 sec. 3.1); FID-50k with Heun at 32 steps (NFE 63, sCM Table 2)."""
+    lr, dropout = IMAGENET64_SIZES[size]
+    c = config_lib.base_config()
+    c.data = ConfigDict(dict(name="imagenet64", conditional=True, data_dir=""))
+    c.model = edm2(size, dropout)
+    c.optim.update(dict(name="adam", lr=lr, b1=0.9, b2=0.99, eps=1e-11, schedule="inverse_sqrt", decay_steps=35_000))
+    c.train.update(
+        dict(num_steps=400_000, batch_size=2048, ema_decays=(), ema_halflives=(), ema_sigma_rels=(0.05,),
+             log_every=100, checkpoint_every=10_000, sample_every=10_000, eval_every=50_000)
+    )
+    c.eval.update(dict(sampler="heun", nfes=(32,), num_samples=50_000))
+    return c
+
+
+def latents(dataset: str, conditional: bool) -> ConfigDict:
+    """256x256 images as 32x32x4 latents of the Stable Diffusion VAE (sd-vae-ft-mse, scaled by
+    0.18215, as the shortcut and MeanFlow codes); sample grids every 10k steps and no evaluation
+    during training (FID needs the VAE decoder, which is not in the suite). The network and
+    budget are the method's (shortcut_latents, configs/meanflow_imagenet256.py)."""
+    c = config_lib.base_config()
+    c.data = ConfigDict(dict(name=dataset, conditional=conditional, latent_scale=0.18215, data_dir=""))
+    c.train.update(dict(log_every=100, checkpoint_every=10_000, sample_every=10_000, eval_every=0))
+    c.eval.update(dict(sampler="euler", num_samples=50_000))
+    return c
+
+
+# ---------------------------------------------------------------------------
+# Method sections
+
+
+def trigflow(sigma_d: float = 0.5, p_mean: float = -1.0, p_std: float = 1.4, label_dropout: float = 0.0,
+             **extra: Any) -> ConfigDict:
+    """TrigFlow diffusion (sCM sec. 3) with EDM2's learned loss weighting; the time proposal
+    P(-1.0, 1.4) is sCM's CM proposal (App. G lists none for the teacher)."""
+    return ConfigDict(dict(name="trigflow", sigma_d=sigma_d, p_mean=p_mean, p_std=p_std, learned_weighting=True,
+                           **extra, label_dropout=label_dropout))
+
+
+def edm(sigma_d: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, label_dropout: float = 0.0,
+        **extra: Any) -> ConfigDict:
+    """EDM diffusion (Karras et al. 2022, Table 1): preconditioning, ln sigma ~ N(-1.2, 1.2^2),
+    the EDM loss weighting."""
+    return ConfigDict(dict(name="edm", sigma_d=sigma_d, p_mean=p_mean, p_std=p_std, **extra,
+                           label_dropout=label_dropout))
+
+
+def flow(label_dropout: float = 0.0) -> ConfigDict:
+    """Flow matching (rectified flow; t = 0 noise, t = 1 data), uniform t: the baseline of the
+    shortcut (Frans et al. 2024) and MeanFlow (Geng et al. 2025) papers."""
+    return ConfigDict(dict(name="flow", noise_std=1.0, t_sampling="uniform", label_dropout=label_dropout))
+
+
+def shortcut(label_dropout: float = 0.0, cfg_scale: float = 1.0) -> ConfigDict:
+    """Shortcut model (Frans et al. 2024, sec. 3 and the official code): 1/4 of each batch
+    bootstraps, M = 128 smallest steps, guidance `cfg_scale` baked into the finest level."""
+    return ConfigDict(dict(name="shortcut", num_steps_max=128, bootstrap_every=4, label_dropout=label_dropout,
+                           cfg_scale=cfg_scale))
+
+
+def shortcut_training(c: ConfigDict) -> ConfigDict:
+    """The shortcut paper's optimizer (Frans et al. 2024, App. / official code): AdamW 1e-4
+    (0.9, 0.999), weight decay 0.1, constant lr, no clipping; EMA 0.999 every step."""
+    c.optim.update(dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, schedule="constant"))
+    c.train.update(dict(ema_decays=(0.999,), ema_halflives=()))
+    return c
+
+
+def meanflow(label_dropout: float = 0.0) -> ConfigDict:
+    """MeanFlow (Geng et al. 2025) with the official PyTorch code's CIFAR-10 recipe
+    (scripts/cifar10_v1.sh): t ~ logit-normal(-0.6, 1.6), r ~ logit-normal(-4.0, 1.6),
+    r = min(t, r) (tr_sampler v1), 75% of rows with r != t, adaptive weight p = 0.75, c = 1e-3,
+    no guidance folded into training; dropped labels are the first rows (r = t)."""
+    return ConfigDict(
+        dict(name="meanflow", t_sampling="logit_normal", t_logit_mean=-0.6, t_logit_std=1.6, r_logit_mean=-4.0,
+             r_logit_std=1.6, tr_order="clamp_r", ratio_r_neq_t=0.75, label_dropout=label_dropout,
+             label_dropout_policy="first_rows", cfg_omega=1.0, cfg_kappa=0.0, adaptive_p=0.75, adaptive_c=1e-3)
+    )
+
+
+def meanflow_imagenet256() -> ConfigDict:
+    """MeanFlow's ImageNet-256 recipe (Geng et al. 2025, Tables 1-2; official JAX code,
+    configs/default.py, run_b4.yml): t, r ~ logit-normal(-0.4, 1.0) sorted, 25% of rows with
+    r != t, class dropout 0.1 on the first rows (cond_drop), guidance omega 1.0, kappa 0.5 folded
+    into training on [0, 1], adaptive weight p = 1.0, c = 0.01."""
+    return ConfigDict(
+        dict(name="meanflow", t_sampling="logit_normal", t_logit_mean=-0.4, t_logit_std=1.0, r_logit_mean=-0.4,
+             r_logit_std=1.0, tr_order="sort", ratio_r_neq_t=0.25, label_dropout=0.1,
+             label_dropout_policy="first_rows", cfg_omega=1.0, cfg_kappa=0.5, cfg_t_start=0.0, cfg_t_end=1.0,
+             adaptive_p=1.0, adaptive_c=0.01)
+    )
+
+
+def scm(name: str = "scm_sct", **overrides: Any) -> ConfigDict:
+    """sCM consistency tuning (sCT) / distillation (sCD), Lu & Song 2024, App. G (CIFAR-10):
+    sigma_d 0.5, P(-1.0, 1.4), tangent warmup H = 10k, tangent normalization c = 0.1, adaptive
+    weighting, 2-step t_mid = 1.1."""
+    cfg = dict(name=name, sigma_d=0.5, p_mean=-1.0, p_std=1.4, tangent_warmup=10_000, tangent_norm=True,
+               tangent_norm_c=0.1, adaptive_weighting=True, t_mid=1.1)
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def ect(**overrides: Any) -> ConfigDict:
+    """ECT (Geng et al. 2024) with the official code's CIFAR-10 recipe (sec. 5): P(-1.1, 2.0),
+    the sigmoid mapping q = 2, k = 8, b = 1 with stages of d = 25k iterations and the code's
+    q^(stage + 1) (stage_offset 1), weighting 1 / (t - r), pseudo-Huber c = 0 (the L2 norm),
+    eval-mode sigma_min shift 0.003, 2-step t_mid = 0.821."""
+    cfg = dict(name="ect", sigma_d=0.5, p_mean=-1.1, p_std=2.0, mapping="stages", q=2.0, stage_length=25_000, k=8.0,
+               b=1.0, stage_offset=1, huber_c=0.0, weighting="inv_dt", sigma_min_shift=0.003, t_mid=0.821,
+               label_dropout=0.0)
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def sct(ect_section: ConfigDict, **extra: Any) -> ConfigDict:
+    """SCT (Wang, Geng, Li 2024) on an ECT section: the variance-reduced score-identity target
+    from the mini-batch (sec. 3.2) and the smooth schedule q^(1 + it / d) (methods/sct.py)."""
+    ect_section.update(dict(name="sct", mapping="smooth", reference_set="batch", **extra))
+    return ect_section
+
+
+# ---------------------------------------------------------------------------
+# Tuning recipes: a method on one dataset, shared by more than one config
+
+
+def scm_cifar10() -> ConfigDict:
+    """sCT on CIFAR-10, sCM App. G: from the TrigFlow teacher's EMA, dropout 0.20, RAdam 1e-4
+    (0.9, 0.99) without a schedule, batch 512; 400k iterations as the ECT-matched ablation
+    (App. E.3); 1- and 2-step Euler evaluation."""
+    c = cifar10()
+    c.model.dropout = 0.2
+    c.method = scm("scm_sct")
+    c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.99, schedule="constant"))
+    c.train.init_from = "runs/trigflow_cifar"
+    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    return c
+
+
+def scm_imagenet64(size: str) -> ConfigDict:
+    """sCT on ImageNet-64, sCM App. G: from the TrigFlow teacher of the same size, Adam with
+    lr = teacher lr / 100 and the same decay, P(-1.0, 1.6), dropout 0.45 at resolutions <= 16,
+    c = 0.1, H = 10k, t_mid = 1.1, 400k iterations, batch 2048."""
+    c = imagenet64(size)
+    c.model.update(dict(dropout=0.45, dropout_res=16))
+    c.method = ConfigDict(
+        dict(name="scm_sct", sigma_d=0.5, p_mean=-1.0, p_std=1.6, tangent_warmup=10_000, tangent_norm_c=0.1, t_mid=1.1)
+    )
+    c.optim.lr = c.optim.lr / 100
+    c.train.init_from = f"runs/trigflow_imagenet64_{size}"
+    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    return c
+
+
+def scm_digits() -> ConfigDict:
+    """sCT on digits: App. G scaled to the 1,200-step budget (H = 200 of 1,200 as 10k of 400k),
+    RAdam 2e-4 (0.9, 0.99), from runs/trigflow_digits."""
+    c = digits()
+    c.method = scm("scm_sct", tangent_warmup=200)
+    c.optim.update(dict(name="radam", lr=2e-4, b2=0.99, schedule="constant", warmup_steps=0))
+    c.train.init_from = "runs/trigflow_digits"
+    c.eval.nfes = (1, 2, 4)
+    return c
+
+
+def scm_toy2d() -> ConfigDict:
+    """sCT on toy2d: sigma_d = 1, the teacher's P(-0.4, 1.4), H = 300, and the paper's
+    re-noising level sigma_mid = 0.5 tan(1.1) = 0.98 kept (not t_mid); from runs/trigflow_toy2d."""
+    c = toy2d()
+    c.method = ConfigDict(dict(name="scm_sct", sigma_d=1.0, p_mean=-0.4, p_std=1.4, tangent_warmup=300, sigma_mid=0.98))
+    c.optim.update(dict(name="radam", lr=2e-4, b2=0.99, schedule="constant"))
+    c.train.init_from = "runs/trigflow_toy2d"
+    c.eval.nfes = (1, 2, 4)
+    return c
+
+
+def ect_cifar10(conditional: bool = False) -> ConfigDict:
+    """ECT on CIFAR-10 (Geng et al. 2024, official code): from the EMA of EDM's DDPM++ (additive
+    embedding, runs/edm_cifar), dropout 0.2, RAdam 1e-4 (0.9, 0.999), batch 128, 400k iterations,
+    EMA 0.9999; 1- and 2-step Euler evaluation."""
+    c = cifar10(conditional)
+    c.model.update(dict(emb_norm="additive", dropout=0.2))
+    c.method = ect()
+    c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
+    c.train.update(dict(num_steps=400_000, batch_size=128, ema_decays=(0.9999,), ema_halflives=()))
+    c.train.init_from = "runs/edm_cifar" + ("_cond" if conditional else "")
+    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    return c
+
+
+#: size -> (learning rate, dropout) of ECT's ImageNet-64 code (`imgnet` branch).
+ECT_IMAGENET64_SIZES = {"s": (1e-3, 0.4), "m": (9e-4, 0.5)}
+
+
+def ect_imagenet64(size: str) -> ConfigDict:
+    """ECT on ImageNet-64 (Geng et al. 2024, Table 2 and the `imgnet` branch): from the EDM2
+    model of `size`, Adam (0.9, 0.99) with lr / sqrt(max(it / 2000, 1)), batch 128, 100k
+    iterations, dropout at resolutions <= 16, P(-0.8, 1.6), q = 4, d = 25k, pseudo-Huber c = 0.06,
+    weighting 1 / t^2 + 1 / sigma_d^2, 2-step t = 1.526; EMA 0.9999 plus EDM2's power EMAs
+    sigma_rel 0.01 / 0.05 / 0.10."""
+    lr, dropout = ECT_IMAGENET64_SIZES[size]
+    c = imagenet64(size)
+    c.model.update(dict(dropout=dropout, dropout_res=16))
+    c.method = ConfigDict(
+        dict(name="ect", sigma_d=0.5, p_mean=-0.8, p_std=1.6, mapping="stages", q=4.0, stage_length=25_000,
+             stage_offset=1, huber_c=0.06, weighting="edm", t_mid=1.526)
+    )
+    c.optim.update(
+        dict(name="adam", lr=lr, b1=0.9, b2=0.99, eps=1e-8, schedule="inverse_sqrt", decay_steps=2000, warmup_steps=0)
+    )
+    c.train.update(dict(num_steps=100_000, batch_size=128, ema_decays=(0.9999,), ema_halflives=()))
+    c.train.ema_sigma_rels = (0.01, 0.05, 0.10)
+    c.train.init_from = f"runs/edm_imagenet64_{size}"
+    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    return c
+
+
+def ect_digits(conditional: bool = True, scratch: bool = False) -> ConfigDict:
+    """ECT on digits: the CIFAR-10 method with 8 stages over the 1,200 steps (as 200k / 25k) and
+    no eval shift, RAdam 2e-4, from runs/edm_digits[_uncond]. `scratch`: no pretrained model,
+    the paper's q^stage mapping (stage 0 is diffusion training) with the teacher's optimizer."""
+    c = digits(conditional)
+    c.method = ect(stage_length=150, sigma_min_shift=0.0)
+    c.optim.update(dict(name="radam", lr=2e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
+    c.train.init_from = "runs/edm_digits" + ("" if conditional else "_uncond")
+    c.eval.nfes = (1, 2, 4)
+    if scratch:
+        c.train.init_from = ""
+        c.method.stage_offset = 0
+        c.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", end_factor=0.1, warmup_steps=100))
+    return c
+
+
+def ect_toy2d() -> ConfigDict:
+    """ECT on toy2d: the digits recipe (8 stages over the run) with every noise level scaled from
+    sigma_d = 0.5 to 1 (x2): P_mean -1.1 + ln 2, the mapping's b = 1 / 2, t_mid = 2 x 0.821."""
+    c = toy2d()
+    c.method = ect(sigma_d=1.0, p_mean=-0.407, b=0.5, stage_length=c.train.num_steps // 8, sigma_min_shift=0.0,
+                   t_mid=1.642)
+    c.optim.update(dict(name="radam", lr=2e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
+    c.train.init_from = "runs/edm_toy2d"
+    c.eval.nfes = (1, 2, 4)
+    return c
+
+
+def shortcut_latents(dataset: str = "celebahq256_latents", conditional: bool = False, size: str = "B") -> ConfigDict:
+    """The shortcut model on VAE latents (Frans et al. 2024, Tables 1-2, official code): DiT-`size`/2
+    in bfloat16, the paper's optimizer and EMA, batch 64, 410k iterations (CelebA-HQ), sampled at
+    1, 4 and 128 steps."""
+    c = latents(dataset, conditional)
+    c.model = dit(size, patch=2, dtype="bfloat16")
+    c.method = shortcut()
+    shortcut_training(c)
+    c.train.update(dict(num_steps=410_000, batch_size=64))
+    c.eval.nfes = (1, 4, 128)
+    return c

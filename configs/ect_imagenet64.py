@@ -13,7 +13,7 @@ EMA, used for sampling) plus EDM2's power EMAs sigma_rel 0.01 / 0.05 / 0.10
   python -m fewstep_jax.main --config=configs/ect_imagenet64.py:s --workdir=runs/ect_imagenet64_s
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:smoke`.
 """
 

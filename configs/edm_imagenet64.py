@@ -10,7 +10,7 @@ post-hoc reconstructions at other sigma_rel, which the suite does not compute.
   python -m fewstep_jax.main --config=configs/edm_imagenet64.py:s --workdir=runs/edm_imagenet64_s
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 

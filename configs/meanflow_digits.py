@@ -18,7 +18,7 @@ and the flow baseline is evaluated unguided too. Sampling: 1 step z_0 = z_1 - u(
 Result (1,200 steps, eval mode as above; classifier-feature fd / fd_heldout, floor 2.40 / 4.65;
 measured with label_dropout_policy='independent', before 'first_rows' became the default):
 1 NFE 3.43 / 4.88, 2 NFE 3.10 / 4.21, 4 NFE 2.32 / 4.42 (flow matching on the same budget:
-28.73, 8.18, 3.32 fd; shortcut: 9.63, 7.16, 3.32; README). At 500 samples two sample draws of the
+28.73, 8.18, 3.32 fd; shortcut: 9.63, 7.16, 3.32; docs/RESULTS.md). At 500 samples two sample draws of the
 same checkpoint differ by up to 0.55 fd: the end-of-training evaluation (another draw) gave
 3.98 / 5.97, 2.89 / 3.93, 2.83 / 4.64.
 

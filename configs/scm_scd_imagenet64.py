@@ -8,7 +8,7 @@ As configs/scm_sct_imagenet64.py with dropout 0 and the TrigFlow teacher
   python -m fewstep_jax.main --config=configs/scm_scd_imagenet64.py:xl --workdir=runs/scm_scd_imagenet64_xl
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 

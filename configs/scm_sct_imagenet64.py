@@ -11,7 +11,7 @@ the teacher's EDM2 network and power EMA (sigma_rel 0.05).
   python -m fewstep_jax.main --config=configs/scm_sct_imagenet64.py:xl --workdir=runs/scm_sct_imagenet64_xl
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 

@@ -8,7 +8,7 @@ ECT's CIFAR-10 recipe (configs/ect_cifar.py) plus SCT's changes (methods/sct.py)
 variance-reduced target from the mini-batch (class-masked for `:cond`), the smooth schedule,
 and guidance from an EMA snapshot taken at 50% of training (sample with
 --config.eval.guidance=1+w). SCT publishes no code: the reference-bank size, the snapshot
-step and the phase edges of `:phased` are this suite's choices (README, "Methods").
+step and the phase edges of `:phased` are this suite's choices (docs/METHODS.md).
 
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/sct_cifar.py --workdir=runs/sct_cifar

@@ -12,7 +12,7 @@ almost no same-class references (0.13 per row), so a bank of the 16,384 most rec
   python -m fewstep_jax.main --config=configs/sct_imagenet64.py:m --workdir=runs/sct_imagenet64_m
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:smoke`.
 """
 

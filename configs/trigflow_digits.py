@@ -9,7 +9,7 @@ The teacher / baseline every few-step method on digits is compared with
 
 Variants: `:smoke` (seconds on a CPU, for tests).
 Metric: Frechet distance in the features of the suite's digits classifier (fd),
-reported next to the real-data floor (README, "Results").
+reported next to the real-data floor (docs/RESULTS.md).
 """
 
 from fewstep_jax import config_lib, recipes

@@ -14,7 +14,7 @@ EMA: EDM2's power-function EMA with sigma_rel = 0.05 (sCM App. G; EDM2 sec. 3.1)
   python -m fewstep_jax.main --config=configs/trigflow_imagenet64.py:xl --workdir=runs/trigflow_imagenet64_xl
 
 ImageNet-64: prepare it once with
-`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (README, Datasets).
+`python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """
 

@@ -43,7 +43,7 @@ def digits_unet(**overrides: Any) -> ConfigDict:
         dropout=0.0,
         time_scale=1.0,
         # 'adaptive_double' is sCM's adaptive double normalization (sec. 4.1); the digits
-        # results in the README use the DDPM++ default.
+        # results in docs/RESULTS.md use the DDPM++ default.
         emb_norm="adaptive_scale",
     )
     return ConfigDict(dict(cfg, **overrides))

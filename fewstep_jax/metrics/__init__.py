@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fewstep_jax import data as data_lib
+from fewstep_jax.metrics.cache import default_cache_dir
 from fewstep_jax.metrics.frechet import frechet_distance, gaussian_stats
 from fewstep_jax.metrics.toy import Toy2DEvaluator, energy_distance, sliced_wasserstein
 
@@ -53,11 +54,6 @@ class Evaluator(Protocol):
 
 #: Datasets scored with FID; latent datasets are not (their samples need the VAE decoder).
 FID_DATASETS = ("cifar10", "imagenet64", "celebahq256")
-
-
-def default_cache_dir() -> str:
-    """Where computed artifacts are cached: $FEWSTEP_CACHE, else ~/.cache/fewstep_jax."""
-    return os.environ.get("FEWSTEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fewstep_jax")
 
 
 def check_available(data_cfg: Any, ev: Any = None) -> None:

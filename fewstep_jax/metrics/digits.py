@@ -36,7 +36,7 @@ import optax
 from absl import logging
 
 from fewstep_jax.data import digits as digits_data
-from fewstep_jax.metrics import frechet
+from fewstep_jax.metrics import cache, frechet
 
 MIN_HELD_OUT_ACCURACY = 0.95
 _RECIPE_VERSION = 1  # bump when the training code changes in a way the fields below do not capture
@@ -73,10 +73,8 @@ class DigitsClassifier(nn.Module):
 
 
 def default_cache_dir() -> pathlib.Path:
-    """$FEWSTEP_CACHE, else ~/.cache/fewstep_jax (metrics.default_cache_dir)."""
-    from fewstep_jax import metrics
-
-    return pathlib.Path(metrics.default_cache_dir())
+    """$FEWSTEP_CACHE, else ~/.cache/fewstep_jax (metrics.cache.default_cache_dir)."""
+    return pathlib.Path(cache.default_cache_dir())
 
 
 def recipe_hash(recipe: ClassifierRecipe) -> str:

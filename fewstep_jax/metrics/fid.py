@@ -30,8 +30,8 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fewstep_jax import metrics
 from fewstep_jax.metrics import frechet, inception
+from fewstep_jax.metrics.cache import default_cache_dir
 
 IS_SPLITS = 10
 PROGRESS_SECONDS = 30.0
@@ -193,7 +193,7 @@ def dataset_stats(
     }
     if out is None:
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-        directory = cache_dir or metrics.default_cache_dir()
+        directory = cache_dir or default_cache_dir()
         out = os.path.join(directory, f"fid_stats_{identity['dataset']}_{split}_{key}.npz")
         if os.path.isfile(out):
             logging.info("FID reference statistics from %s", out)

@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fewstep_jax import metrics
 from fewstep_jax.metrics import torch_pickle
+from fewstep_jax.metrics.cache import default_cache_dir
 
 Array = jax.Array
 
@@ -360,7 +360,7 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
     for the standard file in cache_dir. Raises FileNotFoundError with what to do when the weights
     are not available locally and no URL was given.
     """
-    cache_dir = cache_dir or metrics.default_cache_dir()
+    cache_dir = cache_dir or default_cache_dir()
     if source.startswith(("http://", "https://")):
         dest = os.path.join(cache_dir, os.path.basename(source.split("?")[0]) or WEIGHTS_FILENAME)
         if not os.path.exists(dest):

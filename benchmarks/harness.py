@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fewstep_jax import config_lib, models, sharding, train
+from fewstep_jax import config_lib, experiment, models, sharding, train
 from fewstep_jax import data as data_lib
 from fewstep_jax import evaluate as eval_lib
 from fewstep_jax import methods as methods_lib
@@ -197,8 +197,8 @@ def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:
     return {"x": np.zeros((1, *info.shape), np.float32), "y": np.zeros((1,), np.int32)}
 
 
-def attach_random_teacher(exp: train.Experiment) -> bool:
-    """exp.frozen as train.attach_frozen sets it, but a teacher the method asks for (sCD's) is a
+def attach_random_teacher(exp: experiment.Experiment) -> bool:
+    """exp.frozen as experiment.attach_frozen sets it, but a teacher the method asks for (sCD's) is a
     TrigFlow network of this architecture with random weights. Returns whether one was asked for."""
     asked = []
 
@@ -302,11 +302,11 @@ class MethodBench:
         self.name = method
         self.config, self.notes = bench_config(method, network, batch_size, model_overrides or {})
         with random_batches(NETWORKS[network]):
-            self.exp = train.setup(self.config, os.path.join(workdir, method))
+            self.exp = experiment.setup(self.config, os.path.join(workdir, method))
         with unoptimized_compilation():
             if attach_random_teacher(self.exp):
                 self.notes.append("frozen teacher: a TrigFlow network of the same architecture, random weights")
-            self.state = train.init_state(self.exp)
+            self.state = experiment.init_state(self.exp)
         self.step = train.make_train_step(self.exp)
         self.batches = [
             sharding.global_batch(next(self.exp.iterator), self.exp.batch_sharding) for _ in range(NUM_BATCHES)

@@ -210,12 +210,12 @@ def evaluate_run(dataset: str, run: Run, seeds: int) -> None:
     import numpy as np
 
     from fewstep_jax import evaluate as eval_lib
+    from fewstep_jax import experiment
     from fewstep_jax import metrics as metrics_lib
-    from fewstep_jax import train
 
     config = load_config(dataset, run)
     wd = run_dir(dataset, run)
-    exp, state, step = train.load_for_inference(config, wd)
+    exp, state, step = experiment.load_for_inference(config, wd)
     evaluator = metrics_lib.build_evaluator(config.data, exp.eval)
     params = exp.sampling_params(state)
     fns = eval_lib.SampleFns(exp.method, exp.batch_sharding)

@@ -82,9 +82,9 @@ def target_errors(x, y, *, conditional, batches, batch_size, p_mean, p_std, seed
 
 def gradient_noise(workdir, *, conditional, batches, batch_size, seed):
     """tr Cov(g) / ||E g||^2 of the ECT and SCT loss gradients at a trained run's EMA network."""
-    from fewstep_jax import train
+    from fewstep_jax import experiment
 
-    config, net_params = train.load_pretrained(workdir)
+    config, net_params = experiment.load_pretrained(workdir)
     info, _ = data_lib.build_dataset(config.data, seed=0, global_batch_size=batch_size)
     net = models.build(config.model, data_shape=info.shape, num_classes=info.num_classes)
     common = dict(sigma_d=0.5, p_mean=-1.1, p_std=2.0, q=2.0, stage_length=150, mapping="smooth")

@@ -13,8 +13,10 @@ the installed package, not next to the config files). Sections:
   eval      NFEs, sampler, number of samples, guidance
   sharding  device mesh layout
 
-`validate(config, num_devices)` checks everything that can be checked in Python
-so that bad input fails before any JAX compilation.
+`validate(config, num_devices)` checks the config's own values and returns the typed views
+of its sections; the dataset, network and method sections are checked by their builders
+(experiment.setup), so that bad input fails before any JAX compilation. This module imports
+nothing from the package: the methods import `typed_view` from it.
 """
 
 from __future__ import annotations
@@ -317,18 +319,24 @@ def _check_optim(optim: OptimConfig) -> None:
         raise ValueError("optim.schedule='inverse_sqrt' needs optim.decay_steps > 0 (the reference step)")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Check the whole config in Python; raise ValueError naming the problem.
+@dataclasses.dataclass(frozen=True)
+class Sections:
+    """The typed views of the sections the training loop reads, built once by `validate`."""
 
-    Covers: unknown sections or keys, non-finite numbers anywhere, unknown dataset /
-    network / method / optimizer / schedule / sampler names, option ranges, and a
-    global batch that the devices cannot split evenly.
+    train: TrainConfig
+    eval: EvalConfig
+    optim: OptimConfig
+    sharding: ShardingConfig
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> Sections:
+    """Check the config's own values in Python; raise ValueError naming the problem.
+
+    Covers: unknown sections or keys, non-finite numbers anywhere, optimizer / schedule /
+    sampler names, option ranges, and a global batch that the devices cannot split evenly.
+    The data, model and method sections are checked by the builders that read them (their
+    registries; experiment.setup builds them before anything is compiled).
     """
-    # Imported here: the registries import jax/flax, the config files must not.
-    from fewstep_jax import data as data_lib
-    from fewstep_jax import methods as methods_lib
-    from fewstep_jax import models as models_lib
-
     unknown = sorted(set(config.keys()) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; accepted: {list(TOP_LEVEL_KEYS)}")
@@ -382,7 +390,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"global batch size train.batch_size={train.batch_size} is not divisible by the "
             f"{num_devices} devices; use a multiple of {num_devices}"
         )
-    data_lib.validate(config.data)
-    info, _ = data_lib.build_dataset(config.data, seed=config.seed, global_batch_size=train.batch_size)
-    net = models_lib.build(config.model, data_shape=info.shape, num_classes=info.num_classes)
-    methods_lib.build(config.method, net, info)  # validates the method section
+    return Sections(train=train, eval=ev, optim=optim, sharding=sharding)

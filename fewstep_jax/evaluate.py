@@ -24,9 +24,9 @@ ROW_KEYS = ("steps", "nfe", "guidance")
 class SampleFns:
     """Compiled sampling functions, one per (batch, steps, sampler, guidance).
 
-    With a batch `sharding` (train.py passes the mesh's), the samples and labels are split over
-    its devices along the batch axis, so large evaluations (FID-50k) use every device; batches
-    are then padded to a multiple of the device count.
+    With a batch `sharding` (the training loop and modes.py pass the mesh's), the samples and
+    labels are split over its devices along the batch axis, so large evaluations (FID-50k) use
+    every device; batches are then padded to a multiple of the device count.
     """
 
     def __init__(self, method, sharding: jax.sharding.NamedSharding | None = None):

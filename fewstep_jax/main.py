@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` and flag errors need no JAX start-up.
-    from fewstep_jax import checkpoint, sharding, train
+    from fewstep_jax import checkpoint, modes, sharding, train
 
     if FLAGS.distributed or os.environ.get("FEWSTEP_DISTRIBUTED") == "1":
         sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -68,9 +68,9 @@ def main(argv: list[str]) -> int:
             if "steps_per_sec" in summary:
                 logging.info("throughput: %.2f steps/s", summary["steps_per_sec"])
         elif FLAGS.mode == "sample":
-            train.sample_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+            modes.sample_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
         else:
-            print(train.eval_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change))
+            print(modes.eval_mode(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change))
     except (ValueError, FileNotFoundError, checkpoint.CheckpointError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -33,6 +35,23 @@ def quiet(config, num_steps: int):
     config.train.eval_every = 0
     config.train.log_every = 5
     return config
+
+
+def restore_latest(config, workdir):
+    """(step, state on the host, data-iterator state) of the latest checkpoint in workdir."""
+    from fewstep_jax import experiment
+
+    exp = experiment.setup(config, workdir)
+    step = exp.checkpointer.latest_step()
+    state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
+    exp.checkpointer.close()
+    return step, jax.device_get(state), data_state
+
+
+def read_jsonl(workdir):
+    """The records of workdir/metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

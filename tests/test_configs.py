@@ -11,7 +11,7 @@ import pytest
 from conftest import CONFIGS, REPO, load_config
 
 import fewstep_jax
-from fewstep_jax import config_lib
+from fewstep_jax import config_lib, experiment
 from fewstep_jax.models import EDM2_SIZES
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
@@ -97,7 +97,7 @@ def test_embedded_configs_validate(name, variant):
     config = load_config(name, variant)
     if config.method.name == "scm_scd":
         config.method.teacher = "unused-by-validation"
-    config_lib.validate(config, num_devices=1)
+    experiment.check(config, num_devices=1)
     if variant == "smoke":
         assert config.train.num_steps <= 50
 
@@ -108,7 +108,7 @@ def test_paper_configs_name_what_is_missing(name, tmp_path, monkeypatch):
     for variant in (None, "smoke"):
         config = load_config(name, variant)
         with pytest.raises(ValueError, match=r"is not prepared in (.|\n)*fewstep_jax\.data\.prepare --dataset="):
-            config_lib.validate(config, num_devices=1)
+            experiment.check(config, num_devices=1)
 
 
 def test_scm_paper_values():

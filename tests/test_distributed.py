@@ -19,8 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, load_config, run_cli
-from test_train import read_jsonl, restore_latest
+from conftest import REPO, load_config, read_jsonl, restore_latest, run_cli
 
 STEPS = 6
 ARGS = [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import load_config, quiet
 
-from fewstep_jax import methods, models, train
+from fewstep_jax import experiment, methods, models, train
 from fewstep_jax.data import DatasetInfo
 from fewstep_jax.methods.ect import mapping_ratio, pseudo_huber, training_stage
 from fewstep_jax.methods.edm import edm_scalings
@@ -525,7 +525,7 @@ def test_sct_trains_with_bank_and_snapshot_and_resumes_exactly(tmp_path):
     train.train_and_evaluate(config, resumed)
     states = []
     for w in (straight, resumed):
-        exp = train.setup(config, w)
+        exp = experiment.setup(config, w)
         state, _ = exp.checkpointer.restore(12, exp.abstract_state)
         exp.checkpointer.close()
         states.append(jax.device_get(state))
@@ -537,15 +537,15 @@ def test_sct_trains_with_bank_and_snapshot_and_resumes_exactly(tmp_path):
 def test_init_from_refuses_a_different_parameterization(tmp_path):
     config = quiet(load_config("ect_digits"), 2)
     config.train.init_from = "runs/some_teacher"
-    exp = train.setup(config, str(tmp_path / "ect"))
+    exp = experiment.setup(config, str(tmp_path / "ect"))
     exp.checkpointer.close()
     with pytest.raises(ValueError, match="'trigflow' run .*'ect' needs a edm one"):
-        train.check_pretrained_method(exp, load_config("trigflow_digits"))
+        experiment.check_pretrained_method(exp, load_config("trigflow_digits"))
     other_sigma = load_config("edm_digits")
     other_sigma.method.sigma_d = 1.0
     with pytest.raises(ValueError, match="sigma_d=1.0, this config uses method.sigma_d=0.5"):
-        train.check_pretrained_method(exp, other_sigma)
-    train.check_pretrained_method(exp, load_config("edm_digits"))  # the right kind passes
+        experiment.check_pretrained_method(exp, other_sigma)
+    experiment.check_pretrained_method(exp, load_config("edm_digits"))  # the right kind passes
 
 
 def test_ect_tunes_from_an_edm_run(tmp_path):
@@ -553,10 +553,10 @@ def test_ect_tunes_from_an_edm_run(tmp_path):
     train.train_and_evaluate(teacher, str(tmp_path / "edm"))
     config = quiet(load_config("sct_toy2d"), 2)
     config.train.init_from = str(tmp_path / "edm")
-    exp = train.setup(config, str(tmp_path / "sct"))
-    state, _ = train.restore_or_init(exp)
+    exp = experiment.setup(config, str(tmp_path / "sct"))
+    state, _ = experiment.restore_or_init(exp)
     exp.checkpointer.close()
-    _, pretrained = train.load_pretrained(str(tmp_path / "edm"))
+    _, pretrained = experiment.load_pretrained(str(tmp_path / "edm"))
     for a, b in zip(jax.tree.leaves(state.params["net"]), jax.tree.leaves(pretrained)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

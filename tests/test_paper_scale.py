@@ -20,7 +20,7 @@ import pytest
 from conftest import load_config
 from test_real_data import CIFAR_TRAIN_PER_BATCH, make_cifar_tarball
 
-from fewstep_jax import train
+from fewstep_jax import modes, train
 from fewstep_jax.data import prepare
 from fewstep_jax.metrics import fid, inception
 
@@ -55,7 +55,7 @@ def test_sct_cifar_smoke_trains_samples_and_scores_fid(cifar_and_weights, tmp_pa
         assert os.path.isfile(os.path.join(workdir, "samples", f"step0000004_euler_nfe{nfe}.png"))
 
     # --mode=eval: FID-N at each NFE of the list, with a table and a plot.
-    table = train.eval_mode(config, workdir)
+    table = modes.eval_mode(config, workdir)
     out_dir = os.path.join(workdir, "eval", "step0000004_euler")
     with open(os.path.join(out_dir, "results.json")) as f:
         rows = json.load(f)["rows"]

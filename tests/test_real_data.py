@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, load_config
 from PIL import Image
 
-from fewstep_jax import config_lib, data
+from fewstep_jax import data, experiment
 from fewstep_jax.data import prepare, sources, tfds_reader
 
 CIFAR_TRAIN_PER_BATCH, CIFAR_TEST = 3, 4
@@ -397,7 +397,7 @@ def test_missing_dataset_fails_before_compilation_with_the_command_and_file(tmp_
     config.data.data_dir = str(empty)
     command = f"python -m fewstep_jax.data.prepare --dataset=cifar10 --manual_dir=DIR --data_dir={empty}"
     with pytest.raises(tfds_reader.DatasetNotPreparedError, match="cifar-10-python.tar.gz") as error:
-        config_lib.validate(config, num_devices=1)
+        experiment.check(config, num_devices=1)
     assert command in str(error.value) and "--download" in str(error.value)
     with pytest.raises(ValueError, match="ILSVRC2012_img_train.tar"):
         data.build_dataset(cfg("imagenet64", empty), seed=0, global_batch_size=8)

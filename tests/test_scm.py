@@ -386,16 +386,16 @@ def test_guided_student_initializes_from_the_teacher(tmp_path):
     from conftest import load_config, quiet
     from flax import traverse_util
 
-    from fewstep_jax import train
+    from fewstep_jax import experiment, train
 
     teacher = str(tmp_path / "teacher")
     train.train_and_evaluate(quiet(load_config("trigflow_toy2d"), 5), teacher)
-    _, teacher_net = train.load_pretrained(teacher)
+    _, teacher_net = experiment.load_pretrained(teacher)
     config = quiet(load_config("scm_sct_toy2d"), 5)
     config.train.init_from = teacher
     config.model.use_d = True
-    exp = train.setup(config, str(tmp_path / "student"))
-    state, _ = train.restore_or_init(exp)
+    exp = experiment.setup(config, str(tmp_path / "student"))
+    state, _ = experiment.restore_or_init(exp)
     exp.checkpointer.close()
     ours = traverse_util.flatten_dict(jax.device_get(state.params["net"]), sep="/")
     theirs = traverse_util.flatten_dict(jax.device_get(teacher_net), sep="/")

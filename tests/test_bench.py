@@ -20,6 +20,7 @@ def by_round(times: list[float]) -> list[list[float]]:
     return [times[k * STEPS : (k + 1) * STEPS] for k in range(ROUNDS)]
 
 
+@pytest.mark.slow
 def test_bench_reports_statistics_of_its_own_step_times(tmp_path):
     cmd = [
         sys.executable,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from conftest import run_cli
 from PIL import Image
+
+pytestmark = pytest.mark.slow
 
 
 def test_digits_train_sample_eval(tmp_path):

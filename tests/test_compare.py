@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -15,6 +16,7 @@ def write(path, rows, floor):
         json.dump({"rows": rows, "floor": floor, "primary": "fd"}, f)
 
 
+@pytest.mark.slow
 def test_compare_writes_table_and_plot(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     write(a, [{"steps": 1, "nfe": 1, "fd": 30.0}, {"steps": 2, "nfe": 2, "fd": 8.0}], {"fd": 2.4})

@@ -31,6 +31,8 @@ ARGS = [
     "--config.train.eval_every=0",
 ]
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as s:

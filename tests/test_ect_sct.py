@@ -514,6 +514,7 @@ def test_bad_sct_config_is_rejected(cfg, message):
 # Training
 
 
+@pytest.mark.slow
 def test_sct_trains_with_bank_and_snapshot_and_resumes_exactly(tmp_path):
     config = quiet(load_config("sct_toy2d"), 12)  # the small MLP: compiles in seconds
     config.method.reference_bank = 64
@@ -548,6 +549,7 @@ def test_init_from_refuses_a_different_parameterization(tmp_path):
     experiment.check_pretrained_method(exp, load_config("edm_digits"))  # the right kind passes
 
 
+@pytest.mark.slow
 def test_ect_tunes_from_an_edm_run(tmp_path):
     teacher = quiet(load_config("edm_toy2d"), 3)
     train.train_and_evaluate(teacher, str(tmp_path / "edm"))
@@ -575,6 +577,7 @@ def test_sct_models_are_built_from_every_net():
         assert np.isfinite(float(loss(params)))
 
 
+@pytest.mark.slow
 def test_guided_training_samples_wait_for_the_snapshot(tmp_path):
     """eval.guidance != 1 during training: unguided (with a warning) until the snapshot exists."""
     config = quiet(load_config("sct_toy2d"), 4)

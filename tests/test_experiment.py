@@ -73,6 +73,7 @@ def test_unusable_workdirs_get_one_line_errors(tmp_path, no_compilation):
         train.train_and_evaluate(config, str(afile / "run" / "x"))
 
 
+@pytest.mark.slow
 def test_workdir_under_a_file_on_the_command_line(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
@@ -93,6 +94,7 @@ def test_batch_not_divisible_by_devices():
     config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.slow
 def test_unknown_command_line_override_is_rejected(tmp_path):
     res = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={tmp_path}", "--config.train.num_stepz=3"])
     assert res.returncode == 2
@@ -112,6 +114,7 @@ def test_unknown_variant_is_rejected():
 # Restoring
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused_with_the_differences(tmp_path):
     config = quiet(load_config("flow_toy2d"), 5)
     config.optim.schedule = "constant"
@@ -132,6 +135,7 @@ def test_incompatible_checkpoint_is_refused_with_the_differences(tmp_path):
     assert summary["start_step"] == 5 and summary["end_step"] == 10
 
 
+@pytest.mark.slow
 def test_more_steps_under_a_decaying_schedule_is_a_config_change(tmp_path):
     """A cosine schedule decays over train.num_steps: extending the run changes every later lr."""
     config = quiet(load_config("flow_toy2d"), 5)
@@ -143,6 +147,7 @@ def test_more_steps_under_a_decaying_schedule_is_a_config_change(tmp_path):
         train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_is_reported(tmp_path):
     config = quiet(load_config("flow_toy2d"), 5)
     config.optim.schedule = "constant"  # so that extending the run below is a compatible change
@@ -158,6 +163,7 @@ def test_unreadable_checkpoint_is_reported(tmp_path):
         train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     """A damaged latest checkpoint (its array files truncated after the atomic rename) is
     detected at restore; training resumes from the previous checkpoint with a warning and ends
@@ -211,6 +217,7 @@ def test_sampling_uses_the_first_configured_ema(tmp_path):
     exp.checkpointer.close()
 
 
+@pytest.mark.slow
 def test_init_from_a_pretrained_run(tmp_path):
     pretrained = str(tmp_path / "pre")
     config = quiet(load_config("trigflow_toy2d"), 5)

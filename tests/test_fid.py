@@ -200,6 +200,7 @@ def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, random_params
     assert darker["fid"] > 1e-2 * scale
 
 
+@pytest.mark.slow
 def test_features_sharded_over_four_devices_match_the_reference(golden_file):
     """The extractor splits each batch over every local device (here 4 simulated CPU devices,
     with a batch of 3 padded to 4): the features still match the independent reference."""

@@ -521,6 +521,7 @@ def test_paper_configs_build_their_network_and_method():
     assert load_config("meanflow_imagenet256", None).model.size == "B"
 
 
+@pytest.mark.slow
 def test_digits_smoke_run_trains_samples_and_evaluates(tmp_path):
     from conftest import load_config
 

@@ -10,6 +10,8 @@ from conftest import load_config, quiet, run_cli
 from fewstep_jax import checkpoint as ckpt_lib
 from fewstep_jax import modes, train
 
+pytestmark = pytest.mark.slow
+
 
 def test_sample_and_eval_without_checkpoint_say_what_to_do(tmp_path):
     res = run_cli(["--config=configs/flow_toy2d.py:smoke", f"--workdir={tmp_path}", "--mode=eval"])

@@ -64,6 +64,7 @@ def test_committed_clean():
     assert "REPO_URL" in params[0].source and "WORKDIR" in params[0].source
 
 
+@pytest.mark.slow
 def test_runs_end_to_end(tmp_path, monkeypatch):
     with open(NOTEBOOK, "rb") as f:
         committed = f.read()

@@ -37,6 +37,7 @@ def cifar_and_weights(tmp_path_factory):
     return {"root": root, "data_dir": str(data_dir), "weights": weights}
 
 
+@pytest.mark.slow
 def test_sct_cifar_smoke_trains_samples_and_scores_fid(cifar_and_weights, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FEWSTEP_CACHE", str(cache))

@@ -442,6 +442,7 @@ def test_validate_real_configs():
             data.validate(config)
 
 
+@pytest.mark.slow
 def test_prepare_cli_and_loading_never_import_tensorflow(prepared, tmp_path):
     """A stand-in `tensorflow` package first on the path records any import attempt."""
     fake = tmp_path / "fake" / "tensorflow"

@@ -302,6 +302,7 @@ def test_method_config_errors():
 # Through the training loop: teacher -> sCT (init from its EMA) and sCD
 
 
+@pytest.mark.slow
 def test_sct_and_scd_train_from_a_trigflow_teacher(tmp_path):
     from conftest import load_config, quiet
 
@@ -381,6 +382,7 @@ def test_scd_teacher_guidance_and_the_scale_input():
     )
 
 
+@pytest.mark.slow
 def test_guided_student_initializes_from_the_teacher(tmp_path):
     """A student with the extra d embedding takes every teacher weight; only d's are new."""
     from conftest import load_config, quiet

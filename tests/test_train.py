@@ -1,5 +1,5 @@
 """The training loop: exact resumption, the non-finite guard, SIGTERM and SIGKILL, multi-device
-runs, checkpoint retention and early stops."""
+runs, checkpoint retention and early stops. Every test here trains (marked slow)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from conftest import REPO, load_config, quiet, read_jsonl, restore_latest, run_c
 
 from fewstep_jax import experiment, methods, train
 from fewstep_jax.methods.flow import FlowMatching
+
+pytestmark = pytest.mark.slow
+
 
 # ---------------------------------------------------------------------------
 # Exact resumption

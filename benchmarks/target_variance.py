@@ -96,7 +96,7 @@ def gradient_noise(workdir, *, conditional, batches, batch_size, seed):
 
         @jax.jit
         def grad(batch, key, method=method):
-            return jax.grad(lambda p: method.loss(p, p, batch, key, jnp.asarray(600))[0])(params)
+            return jax.grad(lambda p: method.loss(p, batch, key, jnp.asarray(600))[0])(params)
 
         rng = np.random.default_rng(seed)
         flat = []

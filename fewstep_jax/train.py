@@ -58,7 +58,7 @@ def make_train_step(exp: Experiment):
         ema_params = state.ema[first_ema] if first_ema is not None else state.params
 
         def loss_fn(params):
-            return method.loss(params, ema_params, batch, rng, state.step, frozen, state.extra)
+            return method.loss(params, batch, rng, state.step, methods_lib.LossInputs(ema_params, frozen, state.extra))
 
         def update_extra(extra, ema):
             new_ema = ema[first_ema] if first_ema is not None else None

@@ -114,7 +114,7 @@ def test_denoiser_is_the_identity_at_the_bottom_of_the_schedule():
 def test_edm_loss_and_sampler_are_exact_for_a_point_mass():
     method = build("edm", ExactPointMass(), label_dropout=0.0)
     params = init(method)
-    loss, _ = method.loss(params, params, point_batch(), jax.random.key(0), jnp.asarray(0))
+    loss, _ = method.loss(params, point_batch(), jax.random.key(0), jnp.asarray(0))
     assert float(loss) < 1e-9
     for sampler, steps in (("euler", 1), ("heun", 4)):
         x = method.sample(params, jax.random.key(1), num_samples=5, num_steps=steps, sampler=sampler)
@@ -226,7 +226,7 @@ def test_ect_loss_by_hand_with_dropout():
     ema = jax.tree.map(lambda p: p + 0.5, params)
     x0 = jax.random.normal(jax.random.key(21), (16, 4))
     rng, step = jax.random.key(22), 60_000  # stage 2: r / t = 1 - n(t) / 8
-    loss, _ = method.loss(params, ema, {"x": x0}, rng, jnp.asarray(step))
+    loss, _ = method.loss(params, {"x": x0}, rng, jnp.asarray(step), methods.LossInputs(ema_params=ema))
     k_t, k_e, k_drop, _ = jax.random.split(rng, 4)
     t = method.log_normal_time(k_t, 16)
     r = t * np.maximum(0.0, 1 - (1 + 8 / (1 + np.exp(np.asarray(t)))) / 8)
@@ -247,7 +247,7 @@ def test_ect_in_the_diffusion_stage_regresses_onto_the_clean_data():
     params = init(method)
     x0 = jax.random.normal(jax.random.key(3), (16, 4))
     rng = jax.random.key(4)
-    loss, metrics = method.loss(params, params, {"x": x0}, rng, jnp.asarray(0))
+    loss, metrics = method.loss(params, {"x": x0}, rng, jnp.asarray(0))
     k_t, k_e, _, _ = jax.random.split(rng, 4)
     t = method.log_normal_time(k_t, 16)
     x_t = x0 + t[:, None] * jax.random.normal(k_e, x0.shape)
@@ -273,7 +273,7 @@ def test_losses_vanish_at_the_exact_consistency_function_of_a_point_mass(name, c
 
     def loss_at(a):
         p = {"net": {"a": jnp.asarray(a)}}
-        return method.loss(p, p, point_batch(), jax.random.key(5), jnp.asarray(300))[0]
+        return method.loss(p, point_batch(), jax.random.key(5), jnp.asarray(300))[0]
 
     assert float(loss_at(1.0)) < 1e-4
     if cfg.get("huber_c", 0.0) > 0:
@@ -292,8 +292,8 @@ def test_sct_with_one_reference_is_ect_bit_for_bit():
     batch = {"x": jax.random.normal(jax.random.key(6), (16, 4))}
     for step in (0, 40_000, 90_000):
         args = (batch, jax.random.key(step), jnp.asarray(step))
-        (la, ma), ga = jax.value_and_grad(lambda p: ect.loss(p, p, *args), has_aux=True)(params)
-        (lb, mb), gb = jax.value_and_grad(lambda p: sct.loss(p, p, *args), has_aux=True)(params)
+        (la, ma), ga = jax.value_and_grad(lambda p: ect.loss(p, *args), has_aux=True)(params)
+        (lb, mb), gb = jax.value_and_grad(lambda p: sct.loss(p, *args), has_aux=True)(params)
         assert np.asarray(la).tobytes() == np.asarray(lb).tobytes()
         for k in ma:
             assert np.asarray(ma[k]).tobytes() == np.asarray(mb[k]).tobytes(), k
@@ -389,10 +389,10 @@ def test_reference_bank_keeps_the_newest_batches_and_ignores_empty_slots():
     params = init(method)
     plain = build("sct", info=COND)
     args = (batch, jax.random.key(10), jnp.asarray(5))
-    l_plain, m_plain = plain.loss(params, params, *args)
-    l_empty, m_empty = method.loss(params, params, *args, None, method.init_extra(params))
+    l_plain, m_plain = plain.loss(params, *args)
+    l_empty, m_empty = method.loss(params, *args, methods.LossInputs(extra=method.init_extra(params)))
     np.testing.assert_allclose(float(l_empty), float(l_plain), rtol=1e-6)
-    _, m_full = method.loss(params, params, *args, None, extra)
+    _, m_full = method.loss(params, *args, methods.LossInputs(extra=extra))
     assert float(m_full["ref_set_size"]) > float(m_empty["ref_set_size"]) == float(m_plain["ref_set_size"])
 
 
@@ -573,7 +573,7 @@ def test_sct_models_are_built_from_every_net():
         net = models.build(ml_collections.ConfigDict(model), data_shape=info, num_classes=0)
         method = methods.build(ml_collections.ConfigDict(dict(name="sct")), net, DatasetInfo("v", info, 0, 0.5))
         params = jax.jit(lambda k, m=method: m.init_params(k, {"x": jnp.zeros((1, *info))}))(jax.random.key(0))
-        loss = jax.jit(lambda p, m=method: m.loss(p, p, {"x": jnp.zeros((4, *info))}, jax.random.key(1), 0)[0])
+        loss = jax.jit(lambda p, m=method: m.loss(p, {"x": jnp.zeros((4, *info))}, jax.random.key(1), 0)[0])
         assert np.isfinite(float(loss(params)))
 
 

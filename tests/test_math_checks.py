@@ -119,7 +119,7 @@ def test_sct_loss_against_the_closed_form_tangent(step, warmup, norm, w0):
         if w0 is not None:
             params["weight"] = sct_weight_params(method, w0)
         rng = jax.random.key(2)
-        loss, metrics = method.loss(params, None, {"x": x0}, rng, jnp.asarray(step))
+        loss, metrics = method.loss(params, {"x": x0}, rng, jnp.asarray(step))
 
         k_t, k_z, *_ = jax.random.split(rng, 5)
         tau = -0.6 + 1.0 * f64(jax.random.normal(k_t, (n,)))
@@ -139,7 +139,7 @@ def test_sct_loss_against_the_closed_form_tangent(step, warmup, norm, w0):
         np.testing.assert_allclose(float(metrics["tangent_warmup_r"]), r, rtol=1e-7)
         np.testing.assert_allclose(float(loss), per.mean(), rtol=1e-9)
         if w0 is not None:
-            grad = jax.grad(lambda p: method.loss(p, None, {"x": x0}, rng, jnp.asarray(step))[0])(params)
+            grad = jax.grad(lambda p: method.loss(p, {"x": x0}, rng, jnp.asarray(step))[0])(params)
             np.testing.assert_allclose(
                 float(grad["weight"]["out"]["bias"][0]), np.mean(np.exp(w0) * err - 1), rtol=1e-8
             )
@@ -303,7 +303,7 @@ def test_sct_loss_by_hand_on_distinct_points():
         method = build("sct", EdmLinear(), VEC4, sigma_d=SD, p_mean=-0.7, p_std=0.6)
         n, it = DISTINCT.shape[0], 25_000  # exponent 1 + 25k / 25k = 2: q^2 = 4
         rng = jax.random.key(8)
-        loss, metrics = method.loss({"net": {}}, None, {"x": jnp.asarray(DISTINCT)}, rng, jnp.asarray(it))
+        loss, metrics = method.loss({"net": {}}, {"x": jnp.asarray(DISTINCT)}, rng, jnp.asarray(it))
         k_t, k_e, _, _ = jax.random.split(rng, 4)
         t = np.exp(-0.7 + 0.6 * f64(jax.random.normal(k_t, (n,))))
         eps = f64(jax.random.normal(k_e, (n, 4), jnp.float64))
@@ -351,7 +351,8 @@ def test_shortcut_loss_flow_and_bootstrap_rows_by_hand():
         n, n_boot, m, e = 16, 4, 4, 1e-5
         x1 = f64(0.8 * jax.random.normal(jax.random.key(9), (n, 4), jnp.float64))
         rng = jax.random.key(10)
-        loss, metrics = method.loss({"net": {}}, {"net": {}}, {"x": jnp.asarray(x1)}, rng, 0)
+        inputs = methods.LossInputs(ema_params={"net": {}})
+        loss, metrics = method.loss({"net": {}}, {"x": jnp.asarray(x1)}, rng, 0, inputs)
 
         k_flow, k_boot = jax.random.split(rng)
         kf_t, kf_z, _, _ = jax.random.split(k_flow, 4)
@@ -448,7 +449,7 @@ def test_meanflow_targets_and_loss_by_hand_with_dropped_rows(ratio):
         batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
         rng = jax.random.key(13)
         terms = method.training_terms({}, batch, rng)
-        loss, _ = method.loss({"net": {}}, None, batch, rng, jnp.asarray(0))
+        loss, _ = method.loss({"net": {}}, batch, rng, jnp.asarray(0))
 
         k_tr, k_e, k_lab, _ = jax.random.split(rng, 4)
         k_t, k_r = jax.random.split(k_tr)

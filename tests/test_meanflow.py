@@ -124,7 +124,7 @@ def test_r_equal_t_reduces_to_flow_matching():
             flow_matching = jnp.mean(jnp.sum((pred - (e - x)) ** 2, axis=1))
             return (
                 method.training_terms(params["net"], batch, rng),
-                method.loss(params, None, batch, rng, jnp.asarray(0)),
+                method.loss(params, batch, rng, jnp.asarray(0)),
                 flow_matching,
                 other.training_terms(params["net"], batch, rng),
             )
@@ -147,7 +147,7 @@ def test_adaptive_weight_and_metrics():
     batch = vector_batch(64, jnp.float32)
     rng = jax.random.key(5)
     (loss, m), terms = jax.jit(
-        lambda p, b, k: (method.loss(p, None, b, k, jnp.asarray(0)), method.training_terms(p["net"], b, k))
+        lambda p, b, k: (method.loss(p, b, k, jnp.asarray(0)), method.training_terms(p["net"], b, k))
     )(params, batch, rng)
     sq = np.asarray(terms["u"] - terms["u_tgt"], np.float64) ** 2
     ell = sq.sum(axis=1)
@@ -373,7 +373,7 @@ def test_exact_average_velocity_gives_zero_loss_and_zero_gradient():
 
         @jax.jit
         def run(params):
-            loss_fn = lambda p: method.loss(p, None, batch, rng, jnp.asarray(0))[0]  # noqa: E731
+            loss_fn = lambda p: method.loss(p, batch, rng, jnp.asarray(0))[0]  # noqa: E731
             return jax.value_and_grad(loss_fn)(params), method.training_terms(params["net"], batch, rng)
 
         (loss, grad), terms = run(params)
@@ -393,7 +393,7 @@ def test_one_sample_loss_gradient_vanishes_in_expectation_at_the_exact_u():
         method = build(ExactMeanFlowNet(), GAUSS, ratio_r_neq_t=1.0, label_dropout=0.0, adaptive_p=0.0)
         params = method.init_params(jax.random.key(0), {"x": jnp.zeros((1, 2), jnp.float64)})
         batch = gaussian_batch(1 << 17, seed=9)
-        grad = jax.jit(jax.grad(lambda p: method.loss(p, None, batch, jax.random.key(10), jnp.asarray(0))[0]))
+        grad = jax.jit(jax.grad(lambda p: method.loss(p, batch, jax.random.key(10), jnp.asarray(0))[0]))
 
         def flat(g):
             return np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])

@@ -146,7 +146,7 @@ def optimal_perturbation(method, net_cls, net_kwargs, n=1 << 16):
     }
 
     def loss_at(a):
-        loss, _ = method.loss({"net": {"a": a}}, None, batch, jax.random.key(3), 0)
+        loss, _ = method.loss({"net": {"a": a}}, batch, jax.random.key(3), 0)
         return loss
 
     g0, g1 = jax.grad(loss_at)(0.0), jax.grad(loss_at)(1.0)

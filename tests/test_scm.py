@@ -83,7 +83,7 @@ def test_loss_gradient_is_the_dt_to_zero_limit_of_the_discrete_loss():
         batch = {"x": x0, "y": jnp.zeros((32,), jnp.int32)}
         rng = jax.random.key(7)
         step = jnp.asarray(0, jnp.int32)
-        grad_cont = jax.grad(lambda p: method.loss(p, None, batch, rng, step)[0])(params)
+        grad_cont = jax.grad(lambda p: method.loss(p, batch, rng, step)[0])(params)
 
         # The same t and z the loss draws (its key split is part of its contract).
         k_t, k_z, *_ = jax.random.split(rng, 5)
@@ -114,7 +114,7 @@ def test_stop_gradient_pass_equals_trainable_pass_with_dropout():
     x0, _, _ = random_problem(n=64, dtype=jnp.float32)
     batch = {"x": x0, "y": jnp.zeros((64,), jnp.int32)}
     rng = jax.random.key(3)
-    loss, metrics = jax.jit(method.loss)(params, None, batch, rng, jnp.asarray(0))
+    loss, metrics = jax.jit(method.loss)(params, batch, rng, jnp.asarray(0))
     k_t, k_z, k_drop, *_ = jax.random.split(rng, 5)
     t = method.sample_time(k_t, 64)
     z = SIGMA_D * jax.random.normal(k_z, x0.shape)
@@ -141,7 +141,7 @@ def test_tangent_warmup_and_normalization():
     batch = {"x": x0, "y": jnp.zeros((8,), jnp.int32)}
     loss = jax.jit(method.loss)
     for step, r in ((0, 0.0), (50, 0.5), (100, 1.0), (1000, 1.0)):
-        _, m = loss(params, None, batch, jax.random.key(0), jnp.asarray(step))
+        _, m = loss(params, batch, jax.random.key(0), jnp.asarray(step))
         assert float(m["tangent_warmup_r"]) == pytest.approx(r)
 
 
@@ -168,7 +168,7 @@ def test_adaptive_weight_is_trained_in_the_same_step():
     x0, _, _ = random_problem(n=32, dtype=jnp.float32)
     batch = {"x": x0, "y": jnp.zeros((32,), jnp.int32)}
     rng = jax.random.key(6)
-    grads = jax.grad(lambda p: method.loss(p, None, batch, rng, jnp.asarray(0))[0])(params)
+    grads = jax.grad(lambda p: method.loss(p, batch, rng, jnp.asarray(0))[0])(params)
     k_t, k_z, *_ = jax.random.split(rng, 5)
     t = method.sample_time(k_t, 32)
     z = SIGMA_D * jax.random.normal(k_z, x0.shape)

@@ -174,10 +174,11 @@ def test_flow_and_bootstrap_rows_use_disjoint_images():
     batch = {"x": x, "y": jnp.zeros((64,), jnp.int32)}
     rng = jax.random.key(2)
     params = {"net": {}}
-    _, m0 = method.loss(params, params, batch, rng, 0)
+    inputs = methods.LossInputs(ema_params=params)
+    _, m0 = method.loss(params, batch, rng, 0, inputs)
     n_boot, _ = method.split_rows(64)
-    _, m_boot = method.loss(params, params, {**batch, "x": x.at[:n_boot].add(5.0)}, rng, 0)
-    _, m_flow = method.loss(params, params, {**batch, "x": x.at[n_boot:].add(5.0)}, rng, 0)
+    _, m_boot = method.loss(params, {**batch, "x": x.at[:n_boot].add(5.0)}, rng, 0, inputs)
+    _, m_flow = method.loss(params, {**batch, "x": x.at[n_boot:].add(5.0)}, rng, 0, inputs)
     assert float(m_boot["flow_mse"]) == float(m0["flow_mse"]) and float(m_boot["bootstrap_mse"]) != float(
         m0["bootstrap_mse"]
     )

@@ -91,8 +91,8 @@ def test_checkpoint_retention_keeps_the_newest(tmp_path):
 
 @methods.register("test_nan_loss")
 class NanLossAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
-        loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
+    def loss(self, params, batch, rng, step, inputs=methods.LossInputs()):
+        loss, metrics = super().loss(params, batch, rng, step, inputs)
         return jnp.where(step >= 12, jnp.nan, loss), metrics
 
 
@@ -115,8 +115,8 @@ nan_gradient_when.defvjp(_poison_fwd, _poison_bwd)
 
 @methods.register("test_nan_grad")
 class NanGradAfterStep12(FlowMatching):
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
-        loss, metrics = super().loss(params, ema_params, batch, rng, step, frozen)
+    def loss(self, params, batch, rng, step, inputs=methods.LossInputs()):
+        loss, metrics = super().loss(params, batch, rng, step, inputs)
         return nan_gradient_when(loss, step >= 12), metrics
 
 

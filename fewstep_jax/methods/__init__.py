@@ -1,9 +1,14 @@
 """Training objectives and samplers behind one interface (see base.py).
 
-Importing this package registers every method.
+Importing this package registers every method. The import order below is the order of
+REGISTRY, which listings of every method follow (benchmarks, the reproduction report): each
+pretrained model before the methods that start from it, then the ones trained from scratch.
 """
 
-from fewstep_jax.methods import ect, edm, flow, meanflow, scm, sct, shortcut, trigflow  # noqa: F401  (registration)
-from fewstep_jax.methods.base import REGISTRY, Method, build, register
+# isort: off
+from fewstep_jax.methods import trigflow, scm, edm, ect, sct, flow, shortcut, meanflow  # noqa: F401  (registration)
 
-__all__ = ["REGISTRY", "Method", "build", "register"]
+# isort: on
+from fewstep_jax.methods.base import REGISTRY, JumpMethod, LossInputs, Method, ODEMethod, build, register
+
+__all__ = ["REGISTRY", "JumpMethod", "LossInputs", "Method", "ODEMethod", "build", "register"]

@@ -6,22 +6,31 @@ function it exposes is pure, so the training loop can `jax.jit` it:
 
   init_params(rng, example_batch)             -> params pytree
   project_params(params)                      -> params after the post-update projection
-  loss(params, ema_params, batch, rng, step, frozen, extra) -> (scalar loss, metrics dict)
+  loss(params, batch, rng, step, inputs)      -> (scalar loss, metrics dict)
   sample(params, rng, num_samples=, labels=, num_steps=, sampler=, guidance=) -> x
   nfe(num_steps, sampler)                     -> exact network evaluations
 
 `params` is a dict: {'net': network params, ...extra trainable pieces (e.g. a
 learned loss weighting)}. `sample` needs only {'net': ...} (EMA trees qualify).
-`frozen` holds parameters the method reads but never trains (sCD's teacher):
-`load_frozen(loader)` builds them once, the loop passes them to every step as
-an explicit argument, and they are not part of the checkpoint. `extra` is the
-method's own non-trainable state, which IS checkpointed (SCT's reference bank of
-recent batches, an EMA snapshot for guidance): `init_extra(params)` creates it,
-`update_extra(extra, batch=, step=, ema_params=)` advances it after every
-optimizer step, and `sampling_inputs(extra)` names what sampling needs from it
-(merged into the params given to `sample`). The loop never
-branches on the method: everything specific lives behind this interface.
-Methods register themselves with `@register('name')`.
+Everything else a loss may read comes in one `LossInputs` (default: none), and a
+method reads only the fields it needs:
+- `ema_params`: the first EMA (shortcut's bootstrap targets).
+- `frozen`: parameters the method reads but never trains (sCD's teacher):
+  `load_frozen(loader)` builds them once, the loop passes them to every step as
+  an explicit argument, and they are not part of the checkpoint.
+- `extra`: the method's own non-trainable state, which IS checkpointed (SCT's
+  reference bank of recent batches, an EMA snapshot for guidance):
+  `init_extra(params)` creates it, `update_extra(extra, batch=, step=, ema_params=)`
+  advances it after every optimizer step, and `sampling_inputs(extra)` names what
+  sampling needs from it (merged into the params given to `sample`).
+The loop never branches on the method: everything specific lives behind this
+interface. Methods register themselves with `@register('name')`; class attributes
+say what tools need to know about a method without a list of their own (its
+paper's name, the method it starts from or distils, its step-cost target).
+
+Samplers come in two kinds: `ODEMethod`s integrate a PF-ODE (methods/samplers.py:
+Euler or Heun, any step count); `JumpMethod`s take one network jump per step
+(consistency models, flow maps) and sample with 'euler' only.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from functools import partial
 from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -42,6 +52,8 @@ from fewstep_jax.methods import samplers
 Params = Any
 Batch = Mapping[str, jax.Array]
 
+#: name -> class, in registration order (the import order of methods/__init__.py), which listings
+#: of every method (benchmarks, the reproduction report) follow.
 REGISTRY: dict[str, type["Method"]] = {}
 
 
@@ -54,6 +66,21 @@ def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
         return cls
 
     return wrap
+
+
+@flax.struct.dataclass
+class LossInputs:
+    """What a loss may read besides params, batch, key and step; each method reads the fields
+    it needs (see the module docstring), and a loss that needs none is called without them.
+
+    ema_params: the first EMA's params, {'net': ...}, or the live params without an EMA.
+    frozen: `load_frozen`'s output (never trained, never checkpointed), e.g. {'teacher': ...}.
+    extra: the method's checkpointed non-trainable state (`init_extra` / `update_extra`).
+    """
+
+    ema_params: Params | None = None
+    frozen: Params | None = None
+    extra: Mapping[str, Any] | None = None
 
 
 def build(method_cfg: Mapping[str, Any], net: nn.Module, info: Any) -> "Method":
@@ -76,6 +103,19 @@ class Method(abc.ABC):
     #: What the network's output means (its preconditioning); train.init_from only copies a
     #: pretrained network whose method has the same parameterization.
     parameterization: ClassVar[str] = ""
+    #: The method's name in its paper (reports, tables).
+    title: ClassVar[str] = ""
+    #: The registered method whose trained network the paper's recipe starts from (the configs'
+    #: train.init_from); "" when it trains from scratch.
+    pretrained_method: ClassVar[str] = ""
+    #: The registered method whose trained network `load_frozen` reads as a frozen teacher; "" for none.
+    teacher_method: ClassVar[str] = ""
+    #: Compared at many steps as well as few (its samples keep improving with the step count: the
+    #: PF-ODE baselines, shortcut's flow level): reports sweep its NFEs beyond the few-step range.
+    many_steps: ClassVar[bool] = False
+    #: Training-step cost relative to flow matching's on the same network that the method should
+    #: stay within (benchmarks/bench.py reports it next to the measured ratio); None: no target.
+    step_cost_target: ClassVar[float | None] = None
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -157,16 +197,9 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def loss(
-        self,
-        params: Params,
-        ema_params: Params,
-        batch: Batch,
-        rng: jax.Array,
-        step: jax.Array,
-        frozen: Params | None = None,
-        extra: Mapping[str, Any] | None = None,
+        self, params: Params, batch: Batch, rng: jax.Array, step: jax.Array, inputs: LossInputs = LossInputs()
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and a dict of scalar metrics."""
+        """Scalar training loss and a dict of scalar metrics at the 0-based optimizer step `step`."""
 
     @abc.abstractmethod
     def sample(
@@ -255,6 +288,8 @@ class Method(abc.ABC):
 class ODEMethod(Method):
     """A method sampled by integrating its PF-ODE (methods/samplers.py)."""
 
+    many_steps = True
+
     def nfe(self, num_steps: int, sampler: str) -> int:
         return samplers.nfe(num_steps, sampler)
 
@@ -267,6 +302,22 @@ class ODEMethod(Method):
         y = self.sample_labels(num_samples, labels)
         x = scale * jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
         return x, y
+
+
+class JumpMethod(Method):
+    """A method sampled by network jumps, one network evaluation per step (a consistency model
+    jumps to the data or a phase edge, a flow map over an interval): 'euler' is its only sampler."""
+
+    #: What one sampling step is, in the paper's words (said when another sampler is asked for).
+    jump: ClassVar[str] = "one network jump per step"
+
+    def check_sampler(self, sampler: str) -> None:
+        if sampler != "euler":
+            raise ValueError(f"{self.name} samples with 'euler' only ({self.jump}), got {sampler!r}")
+
+    def nfe(self, num_steps: int, sampler: str) -> int:
+        self.check_sampler(sampler)
+        return num_steps
 
 
 def per_example_mean(x: jax.Array) -> jax.Array:

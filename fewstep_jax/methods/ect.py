@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fewstep_jax.methods.base import bcast, register
+from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
 from fewstep_jax.methods.edm import Preconditioned
 
 MAPPINGS = ("stages", "smooth")
@@ -84,7 +84,11 @@ def pseudo_huber(sq_dist: jax.Array, c: float) -> jax.Array:
 
 
 @register("ect")
-class ECT(Preconditioned):
+class ECT(Preconditioned, JumpMethod):
+    title = "ECT"
+    pretrained_method = "edm"
+    step_cost_target = 1.4
+    jump = "one consistency jump per step"
     time_convention = "EDM sigma: x_t = x0 + t eps, t = 0 data"
     supported_steps = None
     default_steps = (1, 2)
@@ -152,9 +156,8 @@ class ECT(Preconditioned):
         del x0, y0, x_t, t, y, extra
         return eps, {}
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """ECT's loss (see the module docstring); returns (mean loss, metrics)."""
-        del ema_params, frozen
         c = self.cfg
         x0, y_true = batch["x"], batch.get("y")
         n = x0.shape[0]
@@ -165,7 +168,7 @@ class ECT(Preconditioned):
         y = None if y_true is None else self.drop_labels(y_true, k_lab, c.label_dropout)
         s = self.lower_edge(t)
         r = jnp.maximum(self.mapping(t, step), s)
-        eps_hat, est_metrics = self.target_eps(x0, y_true, x_t, t, eps, y, extra)
+        eps_hat, est_metrics = self.target_eps(x0, y_true, x_t, t, eps, y, inputs.extra)
         x_r = x_t - bcast(t - r, x0) * jax.lax.stop_gradient(eps_hat)
 
         f_t = self.consistency(params["net"], x_t, t, s, y, train=True, dropout_rng=k_drop)
@@ -199,14 +202,6 @@ class ECT(Preconditioned):
         if num_steps == 2:
             return [c.sigma_max, c.t_mid]
         return [c.sigma_max] + [c.t_mid * c.mid_ratio ** (i / (num_steps - 2)) for i in range(num_steps - 1)]
-
-    def nfe(self, num_steps, sampler):
-        self.check_sampler(sampler)
-        return num_steps
-
-    def check_sampler(self, sampler: str) -> None:
-        if sampler != "euler":
-            raise ValueError(f"{self.name} samples with 'euler' only (one consistency jump per step), got {sampler!r}")
 
     def check_guidance(self, guidance: float, params: dict[str, Any]) -> None:
         del params

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import Method, ODEMethod, bcast, per_example_mean, register
+from fewstep_jax.methods.base import LossInputs, Method, ODEMethod, bcast, per_example_mean, register
 from fewstep_jax.methods.weighting import LearnedLogVariance
 
 
@@ -79,6 +79,7 @@ class Preconditioned(Method):
 class EDM(LearnedLogVariance, Preconditioned, ODEMethod):
     """EDM diffusion: the pretrained model for ECT / SCT, and a baseline."""
 
+    title = "EDM"
     time_convention = "EDM sigma: x_t = x0 + t eps, t = 0 data"
 
     @dataclasses.dataclass(frozen=True)
@@ -100,10 +101,9 @@ class EDM(LearnedLogVariance, Preconditioned, ODEMethod):
             raise ValueError("edm: need 0 < sigma_min < sigma_max")
         self.check_logvar()
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """EDM eq. 8 with lambda(t) = (t^2 + sigma_d^2) / (t sigma_d)^2, mean over pixels; with
         EDM2's learned weighting: exp(-u(t)) lambda(t) err + u(t), u a function of c_noise."""
-        del ema_params, step, frozen, extra
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         k_t, k_e, k_drop, k_lab = jax.random.split(rng, 4)

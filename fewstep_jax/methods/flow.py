@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import ODEMethod, bcast, per_example_mean, register
+from fewstep_jax.methods.base import LossInputs, ODEMethod, bcast, per_example_mean, register
 
 T_SAMPLING = ("uniform", "logit_normal")
 
 
 @register("flow")
 class FlowMatching(ODEMethod):
+    title = "flow matching"
     time_convention = "flow t in [0, 1]; t = 0 noise, t = 1 data"
     parameterization = "flow"
 
@@ -48,9 +49,8 @@ class FlowMatching(ODEMethod):
             return jax.random.uniform(rng, (n,))
         return jax.nn.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * jax.random.normal(rng, (n,)))
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """Conditional flow matching loss, mean over pixels and batch."""
-        del ema_params, step, frozen, extra
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)
         t = self.sample_time(k_t, x0.shape[0])

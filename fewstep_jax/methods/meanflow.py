@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import Method, bcast, register
+from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
 
 T_SAMPLING = ("logit_normal", "uniform")
 TR_ORDERS = ("sort", "clamp_r")
@@ -60,9 +60,12 @@ LABEL_DROPOUT_POLICIES = ("first_rows", "independent")
 
 
 @register("meanflow")
-class MeanFlow(Method):
+class MeanFlow(JumpMethod):
     """Average-velocity network trained with the MeanFlow identity; 1-step and k-step sampling."""
 
+    title = "MeanFlow"
+    step_cost_target = 1.25
+    jump = "each step is one average-velocity jump, eq. 12"
     time_convention = "MeanFlow t in [0, 1]; t = 0 data, t = 1 noise"
     parameterization: ClassVar[str] = "meanflow"
     supported_steps = None
@@ -265,7 +268,7 @@ class MeanFlow(Method):
         u_tgt = jax.lax.stop_gradient(v_g - bcast(jnp.clip(t - r, min=0.0, max=1.0), v_g) * du_dt)
         return dict(t=t, r=r, z_t=z_t, v=v, v_g=v_g, y_in=y_in, dropped=dropped, u=u, du_dt=du_dt, u_tgt=u_tgt)
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """MeanFlow loss (eq. 9 with the target of eq. 18) with the adaptive weight of sec. 4.3:
         l = sum over pixels (u - u_tgt)^2, loss = mean_b l / SG(l + c)^p.
 
@@ -274,7 +277,6 @@ class MeanFlow(Method):
         v_loss), dudt_abs_mean, tangent_nonfinite_frac (rows whose du/dt, the jvp's output
         tangent, is not finite; must be 0) and the mean adaptive weight.
         """
-        del ema_params, step, frozen, extra
         c = self.cfg
         terms = self.training_terms(params["net"], batch, rng, train=True)
         u, u_tgt, du_dt = terms["u"], terms["u_tgt"], terms["du_dt"]
@@ -304,15 +306,10 @@ class MeanFlow(Method):
 
     # -- sampling ----------------------------------------------------------
     def nfe(self, num_steps, sampler):
-        self.check_sampler(sampler)
+        """One evaluation per step, for a step count `sample` accepts."""
+        nfe = super().nfe(num_steps, sampler)
         self.check_steps(num_steps)
-        return num_steps
-
-    def check_sampler(self, sampler: str) -> None:
-        if sampler != "euler":
-            raise ValueError(
-                f"meanflow samples with 'euler' only (each step is one average-velocity jump, eq. 12), got {sampler!r}"
-            )
+        return nfe
 
     def check_guidance(self, guidance: float) -> None:
         if guidance != 1.0:

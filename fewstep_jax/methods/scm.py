@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fewstep_jax.methods.base import Method, bcast, register
+from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
 from fewstep_jax.methods.weighting import LogVariance
 
 #: Edges of the time bins for the per-bin tangent-norm metrics.
@@ -45,9 +45,13 @@ TIME_BINS = (0.0, 0.4, 0.8, 1.2, np.pi / 2)
 
 
 @register("scm_sct")
-class SCT(Method):
+class SCMTraining(JumpMethod):
     """Consistency training (sCT): the tangent uses the one-sample dx_t/dt."""
 
+    title = "sCT"
+    pretrained_method = "trigflow"
+    step_cost_target = 1.6
+    jump = "each step is one consistency jump to t = 0"
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
     parameterization = "trigflow"
     supported_steps = None
@@ -155,9 +159,8 @@ class SCT(Method):
         del guidance
         return None
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """sCM loss (Alg. 1); see the module docstring."""
-        del ema_params, extra
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         n = x0.shape[0]
@@ -168,7 +171,7 @@ class SCT(Method):
         if y is not None:
             y = self.drop_labels(y, k_lab, c.label_dropout)
         guidance = jax.random.uniform(k_s, (n,), minval=c.teacher_guidance_min, maxval=c.teacher_guidance_max)
-        dxdt = self.velocity(x0, z, x_t, t, y, frozen, guidance)
+        dxdt = self.velocity(x0, z, x_t, t, y, inputs.frozen, guidance)
         d = self.student_d(guidance)
         r = 1.0 if c.tangent_warmup == 0 else jnp.minimum(1.0, step.astype(jnp.float32) / c.tangent_warmup)
         F_m, g = self.tangent(params["net"], x_t, t, dxdt, y, d, r=r, train=True, dropout_rng=k_drop)
@@ -209,16 +212,6 @@ class SCT(Method):
         mids = [self.mid_time * (num_steps - 1 - i) / (num_steps - 1) for i in range(num_steps - 1)]
         return [self.t_max, *mids]
 
-    def nfe(self, num_steps, sampler):
-        self.check_sampler(sampler)
-        return num_steps
-
-    def check_sampler(self, sampler: str) -> None:
-        if sampler != "euler":
-            raise ValueError(
-                f"{self.name} samples with 'euler' only (each step is one consistency jump to t = 0), got {sampler!r}"
-            )
-
     def check_guidance(self, guidance: float) -> None:
         if guidance != 1.0:
             raise ValueError(f"{self.name}: classifier-free guidance is not available at sampling time")
@@ -244,7 +237,7 @@ class SCT(Method):
 
 
 @register("scm_scd")
-class SCD(SCT):
+class SCMDistillation(SCMTraining):
     """Consistency distillation (sCD): dx_t/dt = sigma_d F_teacher(x_t / sigma_d, t).
 
     The teacher is the EMA network of a TrigFlow run (method.teacher = its
@@ -253,6 +246,8 @@ class SCD(SCT):
     F_u + s (F_c - F_u), and the student receives s as its `d` input.
     """
 
+    title = "sCD"
+    teacher_method = "trigflow"
     distill = True
 
     def check(self) -> None:
@@ -279,9 +274,10 @@ class SCD(SCT):
         from fewstep_jax import models  # methods stay free of model imports at module level
 
         config, teacher_params = loader(self.cfg.teacher)
-        if config.method.name != "trigflow":
+        if config.method.name != self.teacher_method:
             raise ValueError(
-                f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, not 'trigflow'"
+                f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, "
+                f"not {self.teacher_method!r}"
             )
         if config.data.name != self.info.name:
             raise ValueError(

@@ -84,8 +84,10 @@ def score_identity_eps(
 
 
 @register("sct")
-class SCT(ECT):
+class StableConsistencyTuning(ECT):
     """ECT plus SCT's variance-reduced target, smooth schedule, phases and snapshot guidance."""
+
+    title = "SCT"
 
     @dataclasses.dataclass(frozen=True)
     class Config(ECT.Config):

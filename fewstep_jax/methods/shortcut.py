@@ -39,13 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import Method, bcast, per_example_mean, register
+from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, per_example_mean, register
 
 EPS = 1e-5
 
 
 @register("shortcut")
-class Shortcut(Method):
+class Shortcut(JumpMethod):
+    title = "shortcut"
+    many_steps = True  # one network for every power-of-two step count up to its flow level
+    step_cost_target = 1.25
+    jump = "each step is one jump of its own step size"
     time_convention = "shortcut t in [0, 1]; t = 0 noise, t = 1 data"
     parameterization = "shortcut"
 
@@ -143,9 +147,8 @@ class Shortcut(Method):
         v2 = self.velocity(ema_net, x_mid, t + half, k_half, y, guide)
         return jax.lax.stop_gradient(jnp.clip((v1 + v2) / 2, -clip, clip))
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """Flow-matching rows + bootstrap rows (shortcut sec. 3, Alg. 1)."""
-        del step, frozen, extra
         x1, y = batch["x"], batch.get("y")
         n = x1.shape[0]
         n_boot, n_flow = self.split_rows(n)
@@ -173,7 +176,7 @@ class Shortcut(Method):
         z_b = jax.random.normal(kb_z, x1_b.shape, x1_b.dtype)
         tb = bcast(t_b, x1_b)
         xt_b = (1 - (1 - EPS) * tb) * z_b + tb * x1_b
-        target_b = self.bootstrap_targets(ema_params["net"], xt_b, t_b, levels, y_b)
+        target_b = self.bootstrap_targets(inputs.ema_params["net"], xt_b, t_b, levels, y_b)
 
         x_all = jnp.concatenate([xt_b, xt_f])
         t_all = jnp.concatenate([t_b, t_f])
@@ -188,14 +191,6 @@ class Shortcut(Method):
         }
 
     # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        self.check_sampler(sampler)
-        return num_steps
-
-    def check_sampler(self, sampler: str) -> None:
-        if sampler != "euler":
-            raise ValueError(f"shortcut samples with 'euler' steps of its own step size only, got {sampler!r}")
-
     def check_steps(self, num_steps: int) -> None:
         if num_steps not in self.supported_steps:
             raise ValueError(

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import ODEMethod, bcast, per_example_mean, register
+from fewstep_jax.methods.base import LossInputs, ODEMethod, bcast, per_example_mean, register
 from fewstep_jax.methods.weighting import LearnedLogVariance
 
 
 @register("trigflow")
 class TrigFlow(LearnedLogVariance, ODEMethod):
+    title = "TrigFlow"
     time_convention = "TrigFlow t in [0, pi/2]; t = 0 data, t = pi/2 noise"
     parameterization = "trigflow"  # F predicts v_t / sigma_d from (x_t / sigma_d, t)
 
@@ -66,10 +67,9 @@ class TrigFlow(LearnedLogVariance, ODEMethod):
         tau = self.cfg.p_mean + self.cfg.p_std * jax.random.normal(rng, (n,))
         return jnp.arctan(jnp.exp(tau) / self.cfg.sigma_d)
 
-    def loss(self, params, ema_params, batch, rng, step, frozen=None, extra=None):
+    def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """TrigFlow diffusion loss with the EDM2 learned weighting (sCM sec. 3):
         E_t[ exp(-u(t)) / sigma_d^2 * mean_pixels (sigma_d F - v_t)^2 + u(t) ]."""
-        del ema_params, step, frozen, extra
         c = self.cfg
         x0, y = batch["x"], batch.get("y")
         k_t, k_z, k_drop, k_lab = jax.random.split(rng, 4)

@@ -26,7 +26,7 @@ EMAs (harness.py builds them). Measured per method:
              compiled first, then --sample_reps round-robin rounds time one call of each.
 
 Writes --out_dir/bench_<tag>.json and .md (tag: the machine and the network). The step-cost
-targets are reported next to the measured ratios, never enforced.
+targets (each method's `step_cost_target`) are reported next to the measured ratios, never enforced.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ import time
 import harness
 from absl import app, flags, logging
 
+from fewstep_jax import methods as methods_lib
+
 REPO = harness.REPO
 
-#: Per-step cost over flow matching that each method should stay within (reported, not enforced).
-STEP_COST_TARGETS = {"scm_sct": 1.6, "scm_scd": 1.6, "ect": 1.4, "sct": 1.4, "shortcut": 1.25, "meanflow": 1.25}
 #: Model FLOPs utilization to reach on a GPU, per network.
 MFU_TARGETS = {"dit_b2": 0.40}
 
@@ -253,7 +253,7 @@ def method_row(
         "images_per_s": batch_size() / median,
         "ratio_to_flow": median / flow_median,
         "round_ratios": [statistics.median(r) / statistics.median(f) for r, f in zip(rounds, flow_rounds)],
-        "target_ratio": STEP_COST_TARGETS.get(method),
+        "target_ratio": methods_lib.REGISTRY[method].step_cost_target,
         "flops_per_step": flops,
         "tflops_per_s": flops / median / 1e12 if flops else None,
         "mfu": flops / median / (peak * 1e12) if flops else None,
@@ -274,7 +274,7 @@ def markdown(report: dict) -> str:
     rows = report["methods"]
     load = report["load_average"]
     steps = rows[0]["step_s"]["n"]
-    with_d = [r["method"] for r in rows if r["method"] in ("shortcut", "meanflow")]
+    with_d = [r["method"] for r in rows if harness.uses_d(r["method"])]
     with_d = f", plus the `d` input of {' and '.join(with_d)}" if with_d else ""
     lines = [
         f"# Step cost per method: {s['network_title']}, global batch {s['batch_size']}",

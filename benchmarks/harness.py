@@ -35,9 +35,9 @@ from fewstep_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Every benchmarked method, the reference (flow matching) first; each takes its settings from
-#: configs/<method>_digits.py.
-METHODS = ("flow", "trigflow", "scm_sct", "scm_scd", "edm", "ect", "sct", "shortcut", "meanflow")
+#: Every registered method, in the registry's order; each takes its settings from
+#: configs/<method>_digits.py. Step costs are reported relative to the reference, flow matching.
+METHODS = tuple(methods_lib.REGISTRY)
 REFERENCE = "flow"
 
 #: Distinct batches cycled through by the timed steps.
@@ -93,13 +93,23 @@ def network_model(network: str) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
 
 
+def method_config(method: str) -> ml_collections.ConfigDict:
+    """configs/<method>_digits.py, the settings a benchmark of `method` starts from."""
+    if method not in methods_lib.REGISTRY:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(methods_lib.REGISTRY)}")
+    return load_config(f"{method}_digits")
+
+
+def uses_d(method: str) -> bool:
+    """Whether the method's network takes the second conditioning input `d` (model.use_d)."""
+    return bool(method_config(method).model.get("use_d", False))
+
+
 def bench_config(
     method: str, network: str, batch_size: int, model_overrides: dict[str, Any]
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
     """(config of `method` on the benchmark network and batch, notes on what was changed)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    config = load_config(f"{method}_digits")
+    config = method_config(method)
     use_d = config.model.get("use_d", False)
     config.model = network_model(network)
     config.model.update(model_overrides)
@@ -199,14 +209,15 @@ def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:
 
 def attach_random_teacher(exp: experiment.Experiment) -> bool:
     """exp.frozen as experiment.attach_frozen sets it, but a teacher the method asks for (sCD's) is a
-    TrigFlow network of this architecture with random weights. Returns whether one was asked for."""
+    network of its `teacher_method` (TrigFlow for sCD) with this architecture and random weights.
+    Returns whether one was asked for."""
     asked = []
 
     def loader(workdir: str):
         asked.append(workdir)
         config = ml_collections.ConfigDict(exp.config.to_dict())
         sigma_d = getattr(exp.method.cfg, "sigma_d", 0.5)
-        config.method = ml_collections.ConfigDict(dict(name="trigflow", sigma_d=sigma_d))
+        config.method = ml_collections.ConfigDict(dict(name=exp.method.teacher_method, sigma_d=sigma_d))
         if config.model.get("use_d", False):
             config.model.use_d = False  # the teacher takes no second input
         net = models.build(config.model, data_shape=exp.info.shape, num_classes=exp.info.num_classes)

@@ -42,6 +42,8 @@ if REPO not in sys.path:
 
 import harness  # noqa: E402  (benchmarks/, next to this file)
 
+from fewstep_jax import methods as methods_lib  # noqa: E402
+
 flags.DEFINE_list("datasets", ["toy2d", "digits"], "Datasets (toy2d, digits).")
 flags.DEFINE_string("workdir", "runs/reproduction", "Root of the training runs.")
 flags.DEFINE_string("out", "docs/REPRODUCTION.md", "The report; its pictures go to <dir>/reproduction/.")
@@ -66,21 +68,40 @@ class Run:
     nfes: tuple[int, ...] = FEW
 
 
-RUNS = (
-    Run("trigflow", "TrigFlow (teacher)", "trigflow", nfes=MANY),
-    Run("edm", "EDM (ECT/SCT's pretrained model)", "edm", nfes=MANY),
-    Run("flow", "flow matching", "flow", nfes=MANY),
-    Run("shortcut", "shortcut", "shortcut", nfes=MANY),
-    Run("meanflow", "MeanFlow", "meanflow"),
-    Run("scm_sct", "sCT (from TrigFlow)", "scm_sct", init="trigflow"),
-    Run("scm_scd", "sCD (from TrigFlow)", "scm_scd", init="trigflow", teacher="trigflow"),
-    Run("ect", "ECT (from EDM)", "ect", init="edm"),
-    Run("sct", "SCT (from EDM)", "sct", init="edm"),
-    Run("sct_phased", "phased SCT (from EDM)", "sct", variant="phased", init="edm", nfes=(4,)),
-)
+def method_label(name: str) -> str:
+    """The method's paper name (`title`), with what it starts from or what the others take from it."""
+    registry = methods_lib.REGISTRY
+    method = registry[name]
+    if method.pretrained_method:
+        return f"{method.title} (from {registry[method.pretrained_method].title})"
+    if any(m.teacher_method == name for m in registry.values()):
+        return f"{method.title} (teacher)"
+    students = [m.title for m in registry.values() if m.pretrained_method == name]
+    return f"{method.title} ({'/'.join(students)}'s pretrained model)" if students else method.title
+
+
+def method_run(name: str) -> Run:
+    """The run of a registered method: its configs, what it starts from (`pretrained_method`) and
+    distils (`teacher_method`), evaluated up to 64 steps when it is compared at many (`many_steps`)."""
+    method = methods_lib.REGISTRY[name]
+    nfes = MANY if method.many_steps else FEW
+    return Run(name, method_label(name), name, init=method.pretrained_method, teacher=method.teacher_method, nfes=nfes)
+
+
+def all_runs() -> tuple[Run, ...]:
+    """One run per registered method, those trained from scratch (the pretrained models and
+    teachers among them) first, in the registry's order; then phased SCT (SCT sec. 4.3) at its 4 steps."""
+    scratch = [n for n, m in methods_lib.REGISTRY.items() if not m.pretrained_method]
+    tuned = [n for n, m in methods_lib.REGISTRY.items() if m.pretrained_method]
+    sct = method_run("sct")
+    phased = dataclasses.replace(sct, key="sct_phased", label=f"phased {sct.label}", variant="phased", nfes=(4,))
+    return (*map(method_run, scratch), *map(method_run, tuned), phased)
+
+
+RUNS = all_runs()
 BY_KEY = {r.key: r for r in RUNS}
-#: Many-step baselines: their training curves show the metric at the most steps evaluated.
-BASELINES = ("trigflow", "edm", "flow")
+#: Many-step baselines (PF-ODE samplers): their training curves show the metric at the most steps evaluated.
+BASELINES = tuple(r.key for r in RUNS if issubclass(methods_lib.REGISTRY[r.config], methods_lib.ODEMethod))
 #: Evaluations during training, for the training curves (the configs evaluate only at the end).
 EVALS_DURING_TRAINING = 4
 #: Samples kept per NFE for the pictures: per class on digits, points on toy2d.
@@ -401,7 +422,7 @@ def _not_worse(res: Results, a: tuple[str, int], b: tuple[str, int], names: tupl
 
 
 def _within_of_teacher(res: Results, key: str, nfe: int, factor: float) -> tuple[str, str]:
-    student, best = res.stat(key, nfe), res.best("trigflow")
+    student, best = res.stat(key, nfe), res.best(BY_KEY[key].init)
     if student is None or best is None:
         return MISSING, ""
     limit = factor * best[1].mean
@@ -528,7 +549,7 @@ def plot_nfe(res: Results, path: str) -> None:
         nfes = res.nfes(run.key)
         stats = [res.stat(run.key, n) for n in nfes]
         ax.errorbar(nfes, [s.mean for s in stats], yerr=[s.std for s in stats], marker="o", ms=3.5, capsize=2,
-                    label=run.label, ls="--" if run.key in ("trigflow", "edm", "flow") else "-")  # fmt: skip
+                    label=run.label, ls="--" if run.key in BASELINES else "-")  # fmt: skip
     ax.axhline(res.floor[res.primary], color="0.3", ls=":", label="real-data floor")
     ax.set_xscale("log", base=2)
     ax.set(yscale="log", xlabel="NFE", ylabel=res.primary)

@@ -84,3 +84,15 @@ def test_bench_reports_statistics_of_its_own_step_times(tmp_path):
     assert f"| ect | {rows['ect']['step_s']['median'] * 1e3:.1f} [" in table
     assert f"| {rows['ect']['ratio_to_flow']:.2f} (" in table
     assert rows["ect"]["notes"] and rows["ect"]["notes"][0] in table  # random weights, not a pretrained run
+
+
+def test_harness_lists_the_registry_and_reads_per_method_settings_from_configs():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import harness
+
+    from fewstep_jax import methods
+
+    assert harness.METHODS == tuple(methods.REGISTRY) and harness.REFERENCE in harness.METHODS
+    assert [m for m in harness.METHODS if harness.uses_d(m)] == ["shortcut", "meanflow"]
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        harness.bench_config("nope", "digits", 8, {})

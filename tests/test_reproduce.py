@@ -113,3 +113,24 @@ def test_jobs_run_after_their_dependencies_and_a_failure_blocks_only_its_depende
         reproduce.run_jobs(jobs, parallel=2)
     assert {p.name for p in marks.iterdir()} == {"teacher", "student", "bad"}
     reproduce.run_jobs(jobs[:2], parallel=2)  # done jobs are skipped
+
+
+def test_runs_are_the_registered_methods_with_what_their_classes_say():
+    """One run per registered method (plus phased SCT), each after the runs it starts from or
+    distils, labelled and linked by the class attributes, evaluated to 64 steps where compared at many."""
+    from fewstep_jax import methods
+
+    assert [r.key for r in reproduce.RUNS if not r.variant] == sorted(
+        methods.REGISTRY, key=lambda n: bool(methods.REGISTRY[n].pretrained_method)
+    )
+    keys = [r.key for r in reproduce.RUNS]
+    for run in reproduce.RUNS:
+        cls = methods.REGISTRY[run.config]
+        assert (run.init, run.teacher) == (cls.pretrained_method, cls.teacher_method)
+        assert all(keys.index(dep) < keys.index(run.key) for dep in (run.init, run.teacher) if dep)
+        many = reproduce.MANY if cls.many_steps else reproduce.FEW
+        assert run.nfes == ((4,) if run.variant else many)
+    labels = {r.key: r.label for r in reproduce.RUNS}
+    assert labels["trigflow"] == "TrigFlow (teacher)" and labels["edm"] == "EDM (ECT/SCT's pretrained model)"
+    assert labels["scm_scd"] == "sCD (from TrigFlow)" and labels["sct_phased"] == "phased SCT (from EDM)"
+    assert reproduce.BASELINES == ("trigflow", "edm", "flow")

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 
 from fewstep_jax import evaluate as eval_lib
 from fewstep_jax import experiment as experiment_lib
+from fewstep_jax import methods as methods_lib
 from fewstep_jax import metrics as metrics_lib
 from fewstep_jax import models as models_lib
 from fewstep_jax import sharding as sharding_lib
@@ -58,7 +59,8 @@ def make_train_step(exp: Experiment):
         ema_params = state.ema[first_ema] if first_ema is not None else state.params
 
         def loss_fn(params):
-            return method.loss(params, batch, rng, state.step, methods_lib.LossInputs(ema_params, frozen, state.extra))
+            inputs = methods_lib.LossInputs(ema_params, frozen, state.extra)
+            return method.loss(params, batch, rng, state.step, inputs)
 
         def update_extra(extra, ema):
             new_ema = ema[first_ema] if first_ema is not None else None

@@ -301,7 +301,8 @@ def test_sct_loss_by_hand_on_distinct_points():
     L = mean_i ||D(x_t, t) - target_i|| / (t - r). Guards the weights and the preconditioning."""
     with jax.enable_x64(True):
         method = build("sct", EdmLinear(), VEC4, sigma_d=SD, p_mean=-0.7, p_std=0.6)
-        n, it = DISTINCT.shape[0], 25_000  # exponent 1 + 25k / 25k = 2: q^2 = 4
+        # ECT's tick loop counts the stage one step late: exponent 1 + (it - 1) / 25k = 2, q^2 = 4
+        n, it = DISTINCT.shape[0], 25_001
         rng = jax.random.key(8)
         loss, metrics = method.loss({"net": {}}, {"x": jnp.asarray(DISTINCT)}, rng, jnp.asarray(it))
         k_t, k_e, _, _ = jax.random.split(rng, 4)
@@ -422,8 +423,8 @@ def mf_u(z, t, h, y):
     return MF_SLOPE[y][:, None] * z + MB * t[:, None] + MC * h[:, None] + MF_BIAS[y][:, None]
 
 
-@pytest.mark.parametrize("ratio", [1.0, 0.5])
-def test_meanflow_targets_and_loss_by_hand_with_dropped_rows(ratio):
+@pytest.mark.parametrize("policy, ratio", [("independent", 1.0), ("independent", 0.5), ("first_rows", 0.5)])
+def test_meanflow_targets_and_loss_by_hand_with_dropped_rows(policy, ratio):
     """Guards the dropped rows' target (null label in u and du/dt, unguided v_g = v) and the guided
     rows' (eq. 19). By hand in float64 (uniform t, r sorted; the first n - round(n ratio) rows r = t):
       v_g = omega v + kappa u(z, t, 0 | y) + (1 - omega - kappa) u(z, t, 0 | null) (kept rows), v (dropped)
@@ -438,6 +439,7 @@ def test_meanflow_targets_and_loss_by_hand_with_dropped_rows(ratio):
             t_sampling="uniform",
             ratio_r_neq_t=ratio,
             label_dropout=0.4,
+            label_dropout_policy=policy,
             cfg_omega=omega,
             cfg_kappa=kappa,
             adaptive_p=p,
@@ -458,7 +460,10 @@ def test_meanflow_targets_and_loss_by_hand_with_dropped_rows(ratio):
         n_eq = n - int(round(n * ratio))
         r[:n_eq] = t[:n_eq]
         e = f64(jax.random.normal(k_e, (n, 3), jnp.float64))
-        dropped = np.asarray(jax.random.bernoulli(k_lab, 0.4, (n,)))
+        coin = np.asarray(jax.random.bernoulli(k_lab, 0.4, (n,)))
+        # independent: each row by its own coin; first_rows (official code): the first
+        # (number of heads) rows, never more than the r = t rows
+        dropped = coin if policy == "independent" else np.arange(n) < min(coin.sum(), n_eq)
         assert 4 <= dropped.sum() <= n - 4
         z = (1 - t[:, None]) * x + t[:, None] * e
         v = e - x

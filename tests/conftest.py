@@ -11,6 +11,7 @@ import tempfile
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,15 @@ def restore_latest(config, workdir):
     state, data_state = exp.checkpointer.restore(step, exp.abstract_state)
     exp.checkpointer.close()
     return step, jax.device_get(state), data_state
+
+
+def assert_same_latest_checkpoint(config, workdir_a, workdir_b, step: int) -> None:
+    """Both workdirs' latest checkpoints are at `step` and hold bit-identical states."""
+    step_a, state_a, _ = restore_latest(config, workdir_a)
+    step_b, state_b, _ = restore_latest(config, workdir_b)
+    assert step_a == step_b == step
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def read_jsonl(workdir):

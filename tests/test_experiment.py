@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config, quiet, restore_latest, run_cli
+from conftest import assert_same_latest_checkpoint, load_config, quiet, restore_latest, run_cli
 
 from fewstep_jax import checkpoint as ckpt_lib
 from fewstep_jax import config_lib, experiment, train
@@ -190,11 +190,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
         second = train.train_and_evaluate(config, damaged)
     assert second["start_step"] == 4 and second["end_step"] == 12
     assert any("Falling back to the previous checkpoint, step 4" in r.getMessage() for r in caplog.records)
-    step_a, state_a, _ = restore_latest(config, straight)
-    step_b, state_b, _ = restore_latest(config, damaged)
-    assert step_a == step_b == 12
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_latest_checkpoint(config, straight, damaged, 12)
 
 
 # ---------------------------------------------------------------------------

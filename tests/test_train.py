@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO, load_config, quiet, read_jsonl, restore_latest, run_cli
+from conftest import REPO, assert_same_latest_checkpoint, load_config, quiet, read_jsonl, restore_latest, run_cli
 
 from fewstep_jax import experiment, methods, train
 from fewstep_jax.methods.flow import FlowMatching
@@ -275,11 +275,7 @@ def test_sigkill_resumes_from_the_last_checkpoint_and_matches_an_uninterrupted_r
     assert f"at step {before}" in res.stderr  # "Resumed from ... at step N"
     assert run_cli([*common, f"--workdir={straight}"]).returncode == 0
     config = load_config("flow_toy2d")
-    step_a, state_a, _ = restore_latest(config, straight)
-    step_b, state_b, _ = restore_latest(config, killed)
-    assert step_a == step_b == 40
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_latest_checkpoint(config, straight, killed, 40)
 
 
 # ---------------------------------------------------------------------------

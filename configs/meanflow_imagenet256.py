@@ -33,10 +33,14 @@ Variants:
   python -m fewstep_jax.main --config=configs/meanflow_imagenet256.py:b4 --workdir=runs/meanflow_imagenet256_b4
   python -m fewstep_jax.main --config=configs/meanflow_imagenet256.py:xl --workdir=runs/meanflow_imagenet256_xl
 
-Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
-`python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
-Training writes sample grids of the latents (channels 0-2); FID needs the images decoded by
-the VAE, which is not part of the suite, so train.eval_every = 0.
+Data: ImageNet 256 as sd-vae-ft-mse latents (preset sd: x 0.18215), ADM center crop, no flips
+(the code's use_flip is unused), prepared once with
+
+    python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=IMAGENET \\
+        --vae_weights=VAE --latent_preset=sd
+or from the (mean, std) store of the official code or EDM2's dataset_tool (--manual_dir=STORE).
+Grids and FID / FD-DINOv2 decode with the ft-MSE decoder (the code's default):
+--config.eval.vae_weights=PATH/sd-vae-ft-mse/diffusion_pytorch_model.safetensors (docs/LATENTS.md).
 """
 
 from fewstep_jax import config_lib, recipes
@@ -58,6 +62,7 @@ def get_config(arg: str | None = None):
     epochs = 240 if xl else 80
     c.train.update(dict(num_steps=epochs * STEPS_PER_EPOCH, batch_size=256, ema_decays=(0.9999,)))
     c.eval.nfes = (1, 2)
+    c.data.latent_flips = False
     if variant.smoke:
-        config_lib.smoke(c)
+        recipes.latent_smoke(c)
     return c

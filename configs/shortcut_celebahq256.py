@@ -8,10 +8,14 @@ is 1/8: --config.method.bootstrap_every=8); M = 128.
 
   python -m fewstep_jax.main --config=configs/shortcut_celebahq256.py --workdir=runs/shortcut_celebahq256
 
-Data: VAE latents of CelebA-HQ 256 (sd-vae-ft-mse), prepared once from latent shards with
-`python -m fewstep_jax.data.prepare --dataset=celebahq256_latents --manual_dir=DIR --latent_scale=0.18215`.
-Training writes sample grids of the latents (channels 0-2); FID needs the images decoded by
-the VAE, which is not part of the suite, so train.eval_every = 0.
+Data: CelebA-HQ 256 as sd-vae-ft-mse latents (preset sd: x 0.18215) with the moments of mirrored
+images too (the code flips pixels at random), prepared once with
+
+    python -m fewstep_jax.data.prepare --dataset=celebahq256_latents --manual_dir=IMAGES \\
+        --vae_weights=VAE --latent_preset=sd --flip
+
+Grids and FID / FD-DINOv2 decode with the ft-MSE decoder:
+--config.eval.vae_weights=PATH/sd-vae-ft-mse/diffusion_pytorch_model.safetensors (docs/LATENTS.md).
 Variants: `:smoke`.
 """
 
@@ -23,6 +27,7 @@ VARIANTS = config_lib.Variants()
 def get_config(arg: str | None = None):
     variant = VARIANTS.parse(arg)
     c = recipes.shortcut_latents("celebahq256_latents", conditional=False)
+    c.data.latent_flips = True
     if variant.smoke:
-        config_lib.smoke(c)
+        recipes.latent_smoke(c)
     return c

@@ -10,10 +10,17 @@ results table records the scale of each row (methods/shortcut.py, sampling_guida
 
   python -m fewstep_jax.main --config=configs/shortcut_imagenet256.py:xl --workdir=runs/shortcut_imagenet256_xl
 
-Data: VAE latents of ImageNet 256 (sd-vae-ft-mse), prepared once from latent shards with
-`python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=DIR --latent_scale=0.18215`.
-Training writes sample grids of the latents (channels 0-2); FID needs the images decoded by
-the VAE, which is not part of the suite, so train.eval_every = 0.
+Data: ImageNet 256 as sd-vae-ft-mse latents (preset sd: x 0.18215) with the moments of mirrored
+images too (the code flips the pixels of each example at random), prepared once with
+
+    python -m fewstep_jax.data.prepare --dataset=imagenet256_latents --manual_dir=IMAGENET \\
+        --vae_weights=VAE --latent_preset=sd --flip
+
+The paper's crop is a central square resized with antialiasing; the suite prepares ADM's center
+crop (as DiT and MeanFlow). Grids and FID / FD-DINOv2 decode with the ft-MSE decoder (the code's
+default): --config.eval.vae_weights=PATH/sd-vae-ft-mse/diffusion_pytorch_model.safetensors
+(docs/LATENTS.md). The paper's FID used its own reference statistics and bilinear resizing to
+299 of float images, so compare its figures with care.
 Variants: `:b` (DiT-B/2, default), `:xl` (DiT-XL/2), `:smoke`.
 """
 
@@ -28,6 +35,7 @@ def get_config(arg: str | None = None):
     c.method.update(dict(label_dropout=0.1, cfg_scale=1.5))
     c.eval.guidance = 1.5  # at 128 steps only (Shortcut.sampling_guidance)
     c.train.update(dict(num_steps=810_000, batch_size=256))
+    c.data.latent_flips = True
     if variant.smoke:
-        config_lib.smoke(c)
+        recipes.latent_smoke(c)
     return c

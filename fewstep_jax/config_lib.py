@@ -105,6 +105,16 @@ def base_config() -> ml_collections.ConfigDict:
             fid_stats="",  # reference statistics .npz; '' = computed once from the train split, cached
             fid_resize="tf1",  # resize to 299: 'tf1' (TF FID, EDM) or 'pytorch' (pytorch-fid)
             fid_batch_size=250,  # images per Inception batch (rounded up to the device count)
+            # Sample metrics: () = the dataset's default ('fid' on images, 'fid' and 'fd_dinov2' on latents).
+            metrics=(),
+            # FD-DINOv2 (EDM2's protocol, metrics/dinov2.py): ViT-L/14 weights (.pth or HF
+            # .safetensors) and reference statistics ('' = computed once from the dataset, cached).
+            fd_dinov2_weights="",
+            fd_dinov2_stats="",
+            # Latent datasets: the VAE that decodes samples for grids and metrics (a diffusers
+            # diffusion_pytorch_model.safetensors or an LDM checkpoint), and which decoder it is.
+            vae_weights="",
+            vae_decoder="ft-mse",  # 'ft-mse' or 'ft-ema': the decoder the paper's FID used
         )
     )
 
@@ -163,7 +173,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.train.log_every = 10
     config.train.checkpoint_every = 15
     config.train.sample_every = 30
-    # A config that does not evaluate during training (latents: FID needs the VAE decoder) still does not.
+    # A config that does not evaluate during training still does not.
     config.train.eval_every = 30 if config.train.eval_every else 0
     config.eval.nfes = (1, 2)
     config.eval.num_samples = 200
@@ -262,6 +272,8 @@ class TrainConfig:
 
 
 NONFINITE_POLICIES = ("stop", "replace_grads")
+VAE_DECODERS = ("ft-mse", "ft-ema")
+IMAGE_METRICS = ("fid", "fd_dinov2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +290,11 @@ class EvalConfig:
     fid_stats: str = ""
     fid_resize: str = "tf1"
     fid_batch_size: int = 250
+    metrics: tuple[str, ...] = ()
+    fd_dinov2_weights: str = ""
+    fd_dinov2_stats: str = ""
+    vae_weights: str = ""
+    vae_decoder: str = "ft-mse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +378,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> Sections:
         raise ValueError(f"eval.nfes must be positive step counts, got {ev.nfes}")
     if ev.fid_resize not in ("tf1", "pytorch"):
         raise ValueError(f"eval.fid_resize must be 'tf1' or 'pytorch', got {ev.fid_resize!r}")
+    if ev.vae_decoder not in VAE_DECODERS:
+        raise ValueError(f"eval.vae_decoder must be one of {VAE_DECODERS}, got {ev.vae_decoder!r}")
+    unknown = sorted(set(ev.metrics) - set(IMAGE_METRICS))
+    if unknown:
+        raise ValueError(f"eval.metrics: unknown {unknown}; known image metrics: {IMAGE_METRICS}")
     if ev.fid_batch_size < 1 or ev.batch_size < 1:
         raise ValueError("eval.batch_size and eval.fid_batch_size must be positive")
     if train.num_steps < 1 or train.batch_size < 1:

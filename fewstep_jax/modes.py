@@ -33,12 +33,26 @@ def eval_settings(exp: Experiment, params: Any) -> config_lib.EvalConfig:
     return ev
 
 
+def grid_decoder(exp: Experiment):
+    """The VAE decoder of a latent dataset's sample grids (metrics/images.py), or None: pixel
+    data, or latents without eval.vae_weights (their grids then show latent channels 0-2)."""
+    if exp.config.data.get("name") not in metrics_lib.LATENT_DATASETS:
+        return None
+    if not exp.eval.vae_weights:
+        logging.info("eval.vae_weights is unset: sample grids show latent channels 0-2, not decoded images")
+        return None
+    from fewstep_jax.metrics import images
+
+    return images.latent_decoder(exp.config.data, exp.eval)
+
+
 def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> None:
     """A PNG grid (images) or scatter plot (2-D) per evaluated step count.
 
     Every process samples (the computation spans all devices); process 0 writes.
     """
     ev = eval_settings(exp, exp.sampling_params(state))
+    decoder = grid_decoder(exp)
     n = ev.grid_size
     labels = eval_lib.eval_labels(exp.info.num_classes, n)
     reference = None
@@ -52,6 +66,8 @@ def write_samples(exp: Experiment, sample_fns, state, step: int, tag: str) -> No
         x = eval_lib.generate_steps(sample_fns, net_params, rng, k, ev, n=n, labels=labels, batch_size=min(n, 2000))
         if not exp.is_main:
             continue
+        if decoder is not None:
+            x = decoder.pixels(x)
         nfe = exp.method.nfe(k, ev.sampler)
         path = os.path.join(exp.workdir, "samples", f"{tag}_{ev.sampler}_nfe{nfe}.png")
         cols = exp.info.num_classes if exp.info.num_classes and n % exp.info.num_classes == 0 else None

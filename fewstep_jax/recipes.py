@@ -160,15 +160,46 @@ def imagenet64(size: str) -> ConfigDict:
     return c
 
 
-def latents(dataset: str, conditional: bool) -> ConfigDict:
-    """256x256 images as 32x32x4 latents of the Stable Diffusion VAE (sd-vae-ft-mse, scaled by
-    0.18215, as the shortcut and MeanFlow codes); sample grids every 10k steps and no evaluation
-    during training (FID needs the VAE decoder, which is not in the suite). The network and
-    budget are the method's (shortcut_latents, configs/meanflow_imagenet256.py)."""
+def latents(dataset: str, conditional: bool, preset: str = "sd", decoder: str = "ft-mse") -> ConfigDict:
+    """VAE latents of the Stable Diffusion VAE (32x32x4 at 256 px, 64x64x4 at 512 px) under the
+    latent `preset` (data/latents.py), decoded with `decoder` for sample grids and metrics
+    (eval.vae_weights: that VAE's file); FID and FD-DINOv2 every 50k steps. The network and
+    budget are the method's (shortcut_latents, configs/meanflow_imagenet256.py, scm_imagenet512)."""
     c = config_lib.base_config()
-    c.data = ConfigDict(dict(name=dataset, conditional=conditional, latent_scale=0.18215, data_dir=""))
-    c.train.update(dict(log_every=100, checkpoint_every=10_000, sample_every=10_000, eval_every=0))
-    c.eval.update(dict(sampler="euler", num_samples=50_000))
+    c.data = ConfigDict(dict(name=dataset, conditional=conditional, latent_preset=preset, data_dir=""))
+    c.train.update(dict(log_every=100, checkpoint_every=10_000, sample_every=10_000, eval_every=50_000))
+    c.eval.update(dict(sampler="euler", num_samples=50_000, vae_decoder=decoder, batch_size=250))
+    return c
+
+
+def latent_smoke(c: ConfigDict) -> ConfigDict:
+    """`:smoke` of a latent config: the shared smoke settings, and grids without metrics, since
+    decoding and scoring 256 px images takes minutes on a CPU."""
+    config_lib.smoke(c)
+    c.train.eval_every = 0
+    return c
+
+
+#: size -> (teacher lr, sCT dropout, sCD dropout) of sCM's ImageNet-512 models (App. G: EDM2's
+#: ImageNet-512 learning rates; sCT dropout 0.25-0.35 and sCD 0-0.10 by size, as we read them).
+IMAGENET512_SIZES = {
+    "s": (1e-2, 0.25, 0.0), "m": (9e-3, 0.25, 0.0), "l": (8e-3, 0.30, 0.05), "xl": (7e-3, 0.30, 0.10),
+    "xxl": (6.5e-3, 0.35, 0.10),
+}
+
+
+def imagenet512(size: str) -> ConfigDict:
+    """Class-conditional ImageNet 512x512 in the SD-VAE latent space (64x64x4) with the sCM
+    preset (App. G.1: per-channel statistics, data std 0.5, decoded with ft-mse), the TrigFlow
+    teacher's recipe: EDM2 UNet of `size` at 64x64, Adam (0.9, 0.99) eps 1e-11 with the size's
+    lr and inverse-sqrt decay from t_ref 70k, label dropout 0.1, P(-0.4, 1.0), batch 2048, power
+    EMA sigma_rel 0.05."""
+    lr, _, _ = IMAGENET512_SIZES[size]
+    c = latents("imagenet512_latents", conditional=True, preset="scm", decoder="ft-mse")
+    c.model = edm2(size, 0.0)
+    c.optim.update(dict(name="adam", lr=lr, b1=0.9, b2=0.99, eps=1e-11, schedule="inverse_sqrt", decay_steps=70_000))
+    c.train.update(dict(batch_size=2048, ema_decays=(), ema_halflives=(), ema_sigma_rels=(0.05,)))
+    c.eval.update(dict(sampler="heun", nfes=(63,)))
     return c
 
 
@@ -293,6 +324,25 @@ def scm_imagenet64(size: str) -> ConfigDict:
     )
     c.optim.lr = c.optim.lr / 100
     c.train.init_from = f"runs/trigflow_imagenet64_{size}"
+    c.eval.update(dict(sampler="euler", nfes=(1, 2)))
+    return c
+
+
+def scm_imagenet512(size: str, distill: bool) -> ConfigDict:
+    """sCT / sCD on ImageNet-512 latents, sCM App. G: from the TrigFlow teacher of the same size,
+    Adam with lr = teacher lr / 100 and the teacher's decay, P(-0.8, 1.6), c = 0.1, H = 10k,
+    t_mid = 1.1, batch 2048; sCT 100k iterations with dropout 0.25-0.35, sCD 200k with dropout
+    0-0.10 and the teacher's classifier-free guidance s ~ U[1, 2] fed to the student (model.use_d)."""
+    _, sct_dropout, scd_dropout = IMAGENET512_SIZES[size]
+    c = imagenet512(size)
+    c.model.update(dict(dropout=scd_dropout if distill else sct_dropout, dropout_res=0))
+    c.method = scm("scm_scd" if distill else "scm_sct", p_mean=-0.8, p_std=1.6)
+    c.optim.lr = c.optim.lr / 100
+    c.train.update(dict(num_steps=200_000 if distill else 100_000))
+    c.train.init_from = f"runs/trigflow_imagenet512_{size}"
+    if distill:
+        c.method.update(dict(teacher=c.train.init_from, teacher_guidance_min=1.0, teacher_guidance_max=2.0))
+        c.model.use_d = True
     c.eval.update(dict(sampler="euler", nfes=(1, 2)))
     return c
 

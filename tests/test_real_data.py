@@ -40,7 +40,9 @@ JPEG_SIZES = {
 }
 # The ground-truth labels of ILSVRC2012_val_00000001..3 (sea snake, alp, Shetland sheepdog).
 VAL_LABELS = (65, 970, 230)
-LATENT_SCALE = 0.25
+# improved MeanFlow's per-channel latent statistics (its official code), typed in from the source.
+IMF_MU = np.array([0.86488, -0.27787343, 0.21616915, 0.3738409], np.float32)
+IMF_SIGMA = np.array([4.85503674, 5.31922414, 3.93725398, 3.9870003], np.float32)
 
 
 def cfg(name: str, data_dir, **extra) -> ml_collections.ConfigDict:
@@ -181,10 +183,11 @@ def prepared(tmp_path_factory):
     }
     for name in ("cifar10", "imagenet64", "celebahq256"):
         prepare.prepare(name, manual_dir=str(manual[name]), data_dir=str(data_dir), num_workers=2)
-    for name, folder in (("imagenet256_latents", "latents"), ("celebahq256_latents", "celeba_latents")):
-        prepare.prepare(
-            name, manual_dir=str(manual[folder] / "shards"), data_dir=str(data_dir), latent_scale=LATENT_SCALE
-        )
+    for name, folder, preset in (
+        ("imagenet256_latents", "latents", "imf"),
+        ("celebahq256_latents", "celeba_latents", "sd"),
+    ):
+        prepare.prepare(name, manual_dir=str(manual[folder] / "shards"), data_dir=str(data_dir), latent_preset=preset)
     out["manual"] = manual
     return out
 
@@ -278,45 +281,48 @@ def test_celebahq256_image_folder(prepared):
 
 def test_latent_datasets(prepared):
     moments = prepared["moments"]
-    config = cfg("imagenet256_latents", prepared["data_dir"], latent_scale=LATENT_SCALE)
+    config = cfg("imagenet256_latents", prepared["data_dir"], latent_preset="imf")
     info = data.dataset_info(config)
     assert info == data.DatasetInfo("imagenet256_latents", (4, 4, 4), 1000, 1.0)
     ref = data.reference_data(config, "train", seed=3)
     mean = moments["values"][..., :4].astype(np.float32)
     np.testing.assert_array_equal(ref["y"], moments["labels"])
-    # x = scale * (mean + 0.5 * eps), eps standard normal, fresh per (seed, example).
-    eps = (ref["x"] / LATENT_SCALE - mean) / 0.5
+    # iMF's standardization: x = (z - mu) / sigma, z = mean + 0.5 * eps, eps standard normal,
+    # fresh per (seed, example).
+    eps = (ref["x"] * IMF_SIGMA + IMF_MU - mean) / 0.5
     assert abs(eps.mean()) < 0.25 and abs(eps.std() - 1) < 0.2
     np.testing.assert_array_equal(ref["x"], data.reference_data(config, "train", seed=3)["x"])
     assert not np.allclose(ref["x"], data.reference_data(config, "train", seed=4)["x"])
 
     _, it = data.build_dataset(config, seed=0, global_batch_size=5)  # one batch = one epoch
     first, second = next(it), next(it)
-    order = [int(np.argmin(np.abs(mean * LATENT_SCALE - row).sum(axis=(1, 2, 3)))) for row in first["x"]]
+    order = [int(np.argmin(np.abs((mean - IMF_MU) / IMF_SIGMA - row).sum(axis=(1, 2, 3)))) for row in first["x"]]
     np.testing.assert_array_equal(np.sort(order), np.arange(5))
     np.testing.assert_array_equal(first["y"], moments["labels"][order])
     assert not np.allclose(np.sort(first["x"].ravel()), np.sort(second["x"].ravel()))  # resampled per visit
 
     plain = cfg("celebahq256_latents", prepared["data_dir"])
     whole = data.reference_data(plain, "train")
-    np.testing.assert_allclose(whole["x"], prepared["latents"]["values"].astype(np.float32) * LATENT_SCALE, rtol=1e-6)
+    np.testing.assert_allclose(whole["x"], prepared["latents"]["values"].astype(np.float32) * 0.18215, rtol=1e-6)
     assert data.dataset_info(plain) == data.DatasetInfo("celebahq256_latents", (4, 4, 4), 0, 1.0)
 
-    with pytest.raises(ValueError, match="FID needs decoded images"):
-        data.iterate_images(config, "train", batch_size=2)
-    with pytest.raises(ValueError, match=r"latent_scale=0.18215 but .* scale factor 0.25"):
-        data.dataset_info(cfg("imagenet256_latents", prepared["data_dir"], latent_scale=0.18215))
+    with pytest.raises(ValueError, match="not from images.*eval.fid_stats"):
+        list(data.iterate_images(config, "train", batch_size=2))
+    with pytest.raises(ValueError, match=r"latent_preset='sd' .* prepared with the preset 'imf'"):
+        data.dataset_info(cfg("imagenet256_latents", prepared["data_dir"], latent_preset="sd"))
+    with pytest.raises(ValueError, match=r"latent_flips=True but .* without the moments of mirrored"):
+        data.dataset_info(cfg("imagenet256_latents", prepared["data_dir"], latent_flips=True))
     with pytest.raises(ValueError, match="has no labels"):
         data.validate(cfg("celebahq256_latents", prepared["data_dir"], conditional=True))
 
 
 def test_latents_prepared_without_labels_are_unconditional_only(prepared, tmp_path):
     shards = prepared["manual"]["celeba_latents"] / "shards"  # no 'labels' arrays
-    prepare.prepare("imagenet256_latents", manual_dir=str(shards), data_dir=str(tmp_path), latent_scale=LATENT_SCALE)
+    prepare.prepare("imagenet256_latents", manual_dir=str(shards), data_dir=str(tmp_path), latent_preset="sd")
     assert data.dataset_info(cfg("imagenet256_latents", tmp_path, conditional=False)).num_classes == 0
     with pytest.raises(ValueError, match="prepared without labels"):
         data.dataset_info(cfg("imagenet256_latents", tmp_path, conditional=True))
-    with pytest.raises(ValueError, match="--latent_scale"):
+    with pytest.raises(ValueError, match="--latent_preset, one of sd, edm2, scm, imf"):
         prepare.prepare("celebahq256_latents", manual_dir=str(shards), data_dir=str(tmp_path))
 
 
@@ -372,7 +378,7 @@ def test_same_seed_and_step_give_the_same_batch_and_resume_is_exact(prepared):
 
 
 def test_process_slices_add_up_to_the_global_batch(prepared):
-    for name, extra in (("cifar10", {}), ("imagenet256_latents", {"latent_scale": LATENT_SCALE})):
+    for name, extra in (("cifar10", {}), ("imagenet256_latents", {"latent_preset": "imf"})):
         config = cfg(name, prepared["data_dir"], **extra)
         _, single = data.build_dataset(config, seed=3, global_batch_size=8)
         local = [
@@ -401,7 +407,7 @@ def test_missing_dataset_fails_before_compilation_with_the_command_and_file(tmp_
     assert command in str(error.value) and "--download" in str(error.value)
     with pytest.raises(ValueError, match="ILSVRC2012_img_train.tar"):
         data.build_dataset(cfg("imagenet64", empty), seed=0, global_batch_size=8)
-    with pytest.raises(ValueError, match="--latent_scale=0.18215"):
+    with pytest.raises(ValueError, match="--latent_preset=sd --vae_weights="):
         data.num_examples(cfg("imagenet256_latents", empty), "train")
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
         prepare.prepare("cifar10", manual_dir=str(tmp_path), data_dir=str(empty))
@@ -429,12 +435,13 @@ def test_download_fetches_only_the_official_url_and_checks_the_md5(prepared, tmp
 
 def test_validate_real_configs():
     data.validate({"name": "cifar10"})  # cheap: nothing prepared is needed
-    data.validate({"name": "imagenet256_latents", "latent_scale": 0.18215, "data_dir": "/nowhere", "read_threads": 4})
+    data.validate({"name": "imagenet256_latents", "latent_preset": "edm2", "data_dir": "/nowhere", "read_threads": 4})
     bad = [
-        ({"name": "cifar10", "latent_scale": 0.2}, r"unknown data config key\(s\) \['latent_scale'\]"),
+        ({"name": "cifar10", "latent_preset": "sd"}, r"unknown data config key\(s\) \['latent_preset'\]"),
         ({"name": "cifar10", "read_threads": -1}, "read_threads"),
         ({"name": "cifar10", "data_dir": 3}, "data_dir"),
-        ({"name": "imagenet256_latents", "latent_scale": 0}, "latent_scale"),
+        ({"name": "imagenet256_latents", "latent_preset": "sd2"}, "unknown latent preset 'sd2'"),
+        ({"name": "imagenet256_latents", "latent_flips": 1}, "latent_flips must be a bool"),
         ({"name": "celebahq256_latents", "conditional": True}, "has no labels"),
     ]
     for config, message in bad:
@@ -468,7 +475,7 @@ def test_prepare_cli_and_loading_never_import_tensorflow(prepared, tmp_path):
         "next(it); it.close()\n"
         "x, y = next(iter(data.iterate_images(c, 'test', batch_size=2)))\n"
         f"prepare.prepare('imagenet256_latents', manual_dir={str(shards)!r}, data_dir={str(data_dir)!r}, "
-        "latent_scale=0.5)\n"
+        "latent_preset='sd')\n"
         f"l = dict(name='imagenet256_latents', data_dir={str(data_dir)!r}, read_threads=0)\n"
         "next(data.build_dataset(l, seed=0, global_batch_size=2)[1])\n"
         "print(sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')))\n"

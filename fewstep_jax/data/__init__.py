@@ -12,18 +12,21 @@ The data config section (an ml_collections ConfigDict or a plain mapping):
             the labels; False: num_classes=0 and y is zeros)
     real    name in sources.DATASETS: 'cifar10' (32x32, 10 classes), 'imagenet64' (64x64, 1,000
             classes, ADM / EDM2 center crop), 'celebahq256' (256x256, no labels), and the VAE-latent
-            datasets 'imagenet256_latents' (1,000 classes) and 'celebahq256_latents' (no labels).
+            datasets 'imagenet256_latents', 'imagenet512_latents' (1,000 classes) and
+            'celebahq256_latents' (no labels).
             conditional (optional bool; default True for the ImageNet ones, else False; True on a
             dataset without labels is an error); data_dir (optional: where prepared datasets live,
             default $TFDS_DATA_DIR, else ~/tensorflow_datasets); read_threads (optional int >= 0,
-            default 8: threads reading batches ahead); latent datasets also latent_scale (optional:
-            when set it must equal the VAE scale factor recorded at preparation, which is applied).
+            default 8: threads reading batches ahead); latent datasets also latent_preset (optional:
+            sd / edm2 / scm / imf, data/latents.py; when set it must equal the preset recorded at
+            preparation, which is the one applied) and latent_flips (optional bool: whether the
+            recipe wants the moments of mirrored images too, prepared with --flip; checked).
 
 Any other key is an error: `validate` rejects it before anything is built. Real datasets are
 prepared once with `python -m fewstep_jax.data.prepare` (prepare.py); a config naming one that is
 not prepared fails in dataset_info / build_dataset (before any compilation) with the files to
 provide and the command to run. Images arrive as float32 NHWC in [-1, 1] with data_std 0.5 (EDM's
-sigma_data convention), latents scaled by the VAE factor with data_std 1.0 (sources.py).
+sigma_data convention), latents mapped by their preset with the preset's data_std (latents.py).
 For FID reference statistics: iterate_images (uint8 images in stored order) and num_examples.
 """
 
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fewstep_jax.data import digits, pipeline, sources, tfds_reader, toy2d
+from fewstep_jax.data import digits, latents, pipeline, sources, tfds_reader, toy2d
 from fewstep_jax.data.pipeline import BatchIterator
 from fewstep_jax.data.tfds_reader import DatasetNotPreparedError
 
@@ -43,11 +46,12 @@ REAL_DATASETS: tuple[str, ...] = tuple(sources.DATASETS)
 KNOWN_DATASETS: tuple[str, ...] = ("toy2d", "digits", *REAL_DATASETS)
 
 _REAL_KEYS = ("name", "conditional", "data_dir", "read_threads")
+_LATENT_KEYS = ("latent_preset", "latent_flips")
 # Accepted keys per dataset; 'name' is common to all.
 _DATASET_KEYS: dict[str, tuple[str, ...]] = {
     "toy2d": ("name", "distribution", "conditional"),
     "digits": ("name", "conditional"),
-    **{d.name: _REAL_KEYS + (("latent_scale",) if d.is_latent else ()) for d in sources.DATASETS.values()},
+    **{d.name: _REAL_KEYS + (_LATENT_KEYS if d.is_latent else ()) for d in sources.DATASETS.values()},
 }
 
 DEFAULT_TOY_REFERENCE_SIZE = 10_000
@@ -62,6 +66,7 @@ __all__ = [
     "build_dataset",
     "dataset_info",
     "iterate_images",
+    "latent_preset",
     "num_examples",
     "reference_data",
     "validate",
@@ -133,14 +138,17 @@ def validate(data_cfg: Any) -> None:
     if data_dir is not None and not isinstance(data_dir, str):
         raise ValueError(f"data.data_dir must be a path string, got {data_dir!r}")
     _check_int(data_cfg.get("read_threads", DEFAULT_READ_THREADS), "data.read_threads", 0)
-    scale = data_cfg.get("latent_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ValueError(f"data.latent_scale must be a positive number (the VAE's scale factor), got {scale!r}")
+    preset = data_cfg.get("latent_preset")
+    if preset is not None:
+        latents.get(preset)
+    flips = data_cfg.get("latent_flips")
+    if flips is not None and not isinstance(flips, (bool, np.bool_)):
+        raise ValueError(f"data.latent_flips must be a bool or None, got {flips!r}")
 
 
 def _prepared(data_cfg: Any) -> tfds_reader.Prepared:
     """The opened prepared real dataset of a validated config (raises when it is not prepared)."""
-    return tfds_reader.open_prepared(data_cfg.get("name"), data_cfg.get("data_dir"), data_cfg.get("latent_scale"))
+    return tfds_reader.open_prepared(data_cfg.get("name"), data_cfg.get("data_dir"), data_cfg.get("latent_preset"))
 
 
 def dataset_info(data_cfg: Any) -> DatasetInfo:
@@ -158,12 +166,19 @@ def dataset_info(data_cfg: Any) -> DatasetInfo:
     if name == "digits":
         return DatasetInfo("digits", digits.SHAPE, digits.NUM_CLASSES if conditional else 0, digits.data_std())
     prepared = _prepared(data_cfg)
+    flips = data_cfg.get("latent_flips")
+    if flips is not None and bool(flips) != prepared.has_flipped:
+        raise ValueError(
+            f"data.latent_flips={bool(flips)} but {prepared.path} was prepared "
+            f"{'with' if prepared.has_flipped else 'without'} the moments of mirrored images; "
+            f"prepare it again {'with' if flips else 'without'} --flip, or set data.latent_flips={prepared.has_flipped}"
+        )
     if conditional and not prepared.has_labels:
         raise ValueError(
             f"data.conditional=True but {prepared.path} was prepared without labels; "
             "set data.conditional=False or prepare it again with labels"
         )
-    data_std = 1.0 if prepared.dataset.is_latent else 0.5
+    data_std = prepared.latent_preset.data_std if prepared.dataset.is_latent else 0.5
     return DatasetInfo(name, prepared.shape, prepared.dataset.num_classes if conditional else 0, data_std)
 
 
@@ -261,14 +276,25 @@ def num_examples(data_cfg: Any, split: str) -> int:
     return _prepared(data_cfg).num_examples(split)
 
 
+def latent_preset(data_cfg: Any) -> latents.Preset | None:
+    """The latent normalization a prepared latent dataset was made with (None for other data):
+    what maps samples back to VAE latents for decoding."""
+    validate(data_cfg)
+    name = data_cfg.get("name")
+    if name not in sources.DATASETS or not sources.DATASETS[name].is_latent:
+        return None
+    return _prepared(data_cfg).latent_preset
+
+
 def iterate_images(data_cfg: Any, split: str, *, batch_size: int, limit: int | None = None):
     """(uint8 images [b, H, W, C], int32 labels [b]) over `split` of a prepared real dataset.
 
     The order is fixed (the stored source order: the CIFAR-10 batches in order; ImageNet by
     sorted synset, then file name; CelebA-HQ by path), so the first `limit` examples are always
     the same; b = batch_size except for the last batch. Labels are the true labels (zeros for
-    CelebA-HQ). For FID reference statistics. Latent datasets raise ValueError (FID needs
-    decoded images; the VAE decoder is not part of the suite).
+    CelebA-HQ). For FID reference statistics. A latent dataset gives the images it was encoded
+    from (read again from their folder, same crop), or raises ValueError when it was prepared
+    from latents.
     """
     _real_only(data_cfg, "iterate_images")
     prepared = _prepared(data_cfg)

@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from fewstep_jax.data import formats, sources
+from fewstep_jax.data import formats, latents, sources
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -167,28 +167,40 @@ class Celebahq256(_Builder):
 
 
 class _Latents(_Builder):
-    """VAE latents (or posterior moments) from latent shards (formats.py), with the VAE's scale
-    factor in the metadata; the reader multiplies by it (and samples moments) at read time."""
+    """VAE latents (or posterior moments, optionally with those of the mirrored images) from
+    latent shards (formats.py), with their latent preset (latents.py) and how they were made in
+    the metadata; the reader samples the moments and applies the preset at read time."""
 
-    def __init__(self, *, shards: formats.LatentShards, latent_scale: float, **kwargs: Any):
+    def __init__(self, *, shards: formats.LatentShards, latent_preset: str, provenance: dict[str, Any], **kwargs: Any):
         if shards.has_labels and not self.DATASET.num_classes:
             raise ValueError(f"{self.DATASET.name} is unconditional: its latent shards must not hold 'labels'")
-        if not latent_scale or latent_scale <= 0:
-            raise ValueError(f"latent_scale must be the VAE's positive scale factor, got {latent_scale!r}")
+        self._preset = latents.get(latent_preset)
+        if shards.latent_shape[-1] != len(self._preset.scale):
+            raise ValueError(
+                f"the latent preset {latent_preset!r} is for {len(self._preset.scale)}-channel latents, "
+                f"the shards hold {shards.latent_shape[-1]} channels"
+            )
         self._shards = shards
-        self._latent_scale = float(latent_scale)
+        self._provenance = dict(provenance)
         super().__init__(**kwargs)
 
     def _features(self):
-        features = {
-            self._shards.kind: tfds.features.Tensor(shape=self._shards.shape, dtype=np.dtype(self._shards.dtype))
-        }
+        tensor = tfds.features.Tensor(shape=self._shards.shape, dtype=np.dtype(self._shards.dtype))
+        features = {self._shards.kind: tensor}
+        if self._shards.has_flipped:
+            features["moments_flipped"] = tensor
         if self._shards.has_labels:
             features["label"] = tfds.features.ClassLabel(num_classes=self.DATASET.num_classes)
         return features
 
     def _metadata(self):
-        return dict(super()._metadata(), latent_scale=self._latent_scale, latent_kind=self._shards.kind)
+        return dict(
+            super()._metadata(),
+            latent_preset=self._preset.name,
+            vae_input_range=self._preset.input_range,
+            latent_kind=self._shards.kind,
+            **self._provenance,
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the shards were found and checked before construction
@@ -196,8 +208,10 @@ class _Latents(_Builder):
 
     def _examples(self):
         kind, num_classes = self._shards.kind, self.DATASET.num_classes
-        for value, label in formats.latent_examples(self._shards):
+        for value, mirror, label in formats.latent_examples(self._shards):
             example = {kind: value}
+            if mirror is not None:
+                example["moments_flipped"] = mirror
             if label is not None:
                 if not 0 <= label < num_classes:
                     raise ValueError(f"latent label {label} is outside 0..{num_classes - 1}")
@@ -217,6 +231,13 @@ class Celebahq256Latents(_Latents):
     DATASET = sources.DATASETS["celebahq256_latents"]
 
 
+class Imagenet512Latents(_Latents):
+    """VAE latents of 512x512 ImageNet images (EDM2's and sCM's setting; labels as for 256)."""
+
+    DATASET = sources.DATASETS["imagenet512_latents"]
+
+
 BUILDERS: dict[str, type[_Builder]] = {
-    b.DATASET.name: b for b in (Cifar10, Imagenet64, Celebahq256, Imagenet256Latents, Celebahq256Latents)
+    b.DATASET.name: b
+    for b in (Cifar10, Imagenet64, Celebahq256, Imagenet256Latents, Celebahq256Latents, Imagenet512Latents)
 }

@@ -18,8 +18,11 @@ read in file-name order, each holding
   'latents'  float16 / float32 [n, H, W, C]: VAE latents, NOT multiplied by the scale factor; or
   'moments'  float16 / float32 [n, H, W, 2C]: the encoder's Gaussian posterior, mean channels
              then log-variance channels (the Stable Diffusion VAE's `moments`, channels last);
+  'flipped'  optional, with 'moments' only: the moments of the horizontally mirrored images
+             (a mirrored latent is not the latent of the mirrored image), same shape and dtype;
   'labels'   optional integer [n], class ids.
-Every shard has the same kind, per-example shape and dtype, and labels in all or in none. A
+Every shard has the same kind, per-example shape and dtype, and labels (and flips) in all or
+in none. `prepare` writes such shards itself when it encodes images (data/encode.py). A
 PyTorch VAE gives channels-first arrays: np.transpose(x, (0, 2, 3, 1)) before saving.
 """
 
@@ -287,6 +290,7 @@ class LatentShards:
     dtype: str
     has_labels: bool
     sizes: tuple[int, ...]
+    has_flipped: bool = False
 
     @property
     def num_examples(self) -> int:
@@ -320,7 +324,7 @@ def scan_latent_shards(folder: str) -> LatentShards:
     files = tuple(sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".npz")))
     if not files:
         raise FileNotFoundError(f"no latent shards (*.npz) in {folder}")
-    kinds, shapes, dtypes, labelled, sizes = set(), set(), set(), set(), []
+    kinds, shapes, dtypes, labelled, flipped, sizes = set(), set(), set(), set(), set(), []
     for path in files:
         headers = _npz_headers(path)
         present = [k for k in LATENT_KINDS if k in headers]
@@ -338,24 +342,34 @@ def scan_latent_shards(folder: str) -> LatentShards:
                 raise ValueError(
                     f"{path}: 'labels' must be integers [{shape[0]}], got {label_dtype} {list(label_shape)}"
                 )
+        if "flipped" in headers and (kind != "moments" or headers["flipped"] != (shape, dtype)):
+            raise ValueError(
+                f"{path}: 'flipped' must be moments like 'moments' ({dtype} {list(shape)}), "
+                f"got {headers['flipped'][1]} {list(headers['flipped'][0])} with '{kind}'"
+            )
         kinds.add(kind)
+        flipped.add("flipped" in headers)
         shapes.add(shape[1:])
         dtypes.add(dtype.name)
         labelled.add("labels" in headers)
         sizes.append(shape[0])
-    if len(kinds) > 1 or len(shapes) > 1 or len(dtypes) > 1 or len(labelled) > 1:
+    if len(kinds) > 1 or len(shapes) > 1 or len(dtypes) > 1 or len(labelled) > 1 or len(flipped) > 1:
         raise ValueError(
             f"latent shards in {folder} disagree: kinds {sorted(kinds)}, example shapes {sorted(shapes)}, "
-            f"dtypes {sorted(dtypes)}, labels present {sorted(labelled)}; every shard must match"
+            f"dtypes {sorted(dtypes)}, labels present {sorted(labelled)}, flips present {sorted(flipped)}; "
+            "every shard must match"
         )
-    return LatentShards(files, kinds.pop(), shapes.pop(), dtypes.pop(), labelled.pop(), tuple(sizes))
+    return LatentShards(files, kinds.pop(), shapes.pop(), dtypes.pop(), labelled.pop(), tuple(sizes), flipped.pop())
 
 
-def latent_examples(shards: LatentShards) -> Iterator[tuple[np.ndarray, int | None]]:
-    """(stored array [H, W, C or 2C], label or None) of every example, in shard order."""
+def latent_examples(shards: LatentShards) -> Iterator[tuple[np.ndarray, np.ndarray | None, int | None]]:
+    """(stored array [H, W, C or 2C], flipped moments or None, label or None) of every example,
+    in shard order."""
     for path in shards.files:
         with np.load(path, allow_pickle=False) as shard:
             values = shard[shards.kind]
-            labels: Sequence[Any] = shard["labels"] if shards.has_labels else [None] * len(values)
-            for value, label in zip(values, labels):
-                yield value, None if label is None else int(label)
+            none: Sequence[Any] = [None] * len(values)
+            labels: Sequence[Any] = shard["labels"] if shards.has_labels else none
+            flipped: Sequence[Any] = shard["flipped"] if shards.has_flipped else none
+            for value, mirror, label in zip(values, flipped, labels):
+                yield value, mirror, None if label is None else int(label)

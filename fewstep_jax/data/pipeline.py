@@ -37,6 +37,8 @@ STREAM_REAL_SHUFFLE = 107
 STREAM_LATENT_NOISE = 108
 STREAM_REAL_REFERENCE_SUBSET = 109
 STREAM_LATENT_REFERENCE_NOISE = 110
+STREAM_LATENT_FLIP = 111  # which of an image's and its mirror's moments a training read takes
+STREAM_LATENT_REFERENCE_FLIP = 112
 
 _STATE_KEYS = ("step", "seed", "global_batch_size")
 

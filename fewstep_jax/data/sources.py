@@ -11,9 +11,9 @@ datasets, whose layout and preprocessing differ.
 Pixel datasets store PNG-encoded uint8 RGB images; training batches are float32 NHWC in [-1, 1]
 (x / 127.5 - 1), whose per-element std is close to 0.5: DatasetInfo.data_std = 0.5 is EDM's
 sigma_data convention for such images (Karras et al. 2022, sec. 5), not a measured value. Latent
-datasets store VAE latents (or the encoder's mean / log-variance moments) and the VAE's scale
-factor; scaled latents have roughly unit variance by the factor's construction (Rombach et al.
-2022, sec. 4.3.2), so data_std = 1.0.
+datasets store VAE latents (or the encoder's mean / log-variance moments, and those of the
+mirrored images) with the name of their latent normalization preset (data/latents.py), which
+maps them to the network's space at read time and fixes data_std.
 """
 
 from __future__ import annotations
@@ -52,16 +52,24 @@ class RealDataset:
     conditional_default: bool
     expects: str
     download_url: str | None = None
+    image_size: int | None = None  # latents: the square pixel size they are encoded from
 
     @property
     def is_latent(self) -> bool:
         return self.shape is None
 
 
-_LATENT_FILES = (
-    "latent shards *.npz, each with 'latents' [n, H, W, C] or 'moments' [n, H, W, 2C] (mean then "
-    "log-variance channels) and optionally 'labels' [n] (see fewstep_jax/data/formats.py)"
-)
+def _latent_files(images: str) -> str:
+    return (
+        f"{images} (encoded with --vae_weights), or an EDM2-style latent store (a folder or .zip of "
+        "img-mean-std-*.npy with dataset.json), or latent shards *.npz with 'latents' [n, H, W, C] or "
+        "'moments' [n, H, W, 2C] (mean then log-variance channels) and optionally 'labels' [n] "
+        "(see fewstep_jax/data/formats.py)"
+    )
+
+
+_IMAGENET_FILES = f"{IMAGENET_TRAIN_TAR} (or its extraction: a folder train/ of synset folders n01440764/ ...)"
+_CELEBAHQ_FILES = "the CelebA-HQ images (.png / .jpg, any folder depth; 256x256 or larger)"
 
 DATASETS: dict[str, RealDataset] = {
     d.name: d
@@ -83,8 +91,7 @@ DATASETS: dict[str, RealDataset] = {
             1000,
             ("train", "validation"),
             True,
-            f"{IMAGENET_TRAIN_TAR} (or its extraction: a folder train/ of synset folders n01440764/ ...; "
-            f"optionally {IMAGENET_VAL_TAR} or a folder val/ of synset folders)",
+            f"{_IMAGENET_FILES[:-1]}; optionally {IMAGENET_VAL_TAR} or a folder val/ of synset folders)",
         ),
         RealDataset(
             "celebahq256",
@@ -93,10 +100,20 @@ DATASETS: dict[str, RealDataset] = {
             0,
             ("train",),
             False,
-            "the CelebA-HQ images (.png / .jpg, any folder depth; 256x256 or larger)",
+            _CELEBAHQ_FILES,
         ),
-        RealDataset("imagenet256_latents", "fewstep_imagenet256_latents", None, 1000, ("train",), True, _LATENT_FILES),
-        RealDataset("celebahq256_latents", "fewstep_celebahq256_latents", None, 0, ("train",), False, _LATENT_FILES),
+        RealDataset(
+            "imagenet256_latents", "fewstep_imagenet256_latents", None, 1000, ("train",), True,
+            _latent_files(_IMAGENET_FILES), image_size=256,
+        ),
+        RealDataset(
+            "celebahq256_latents", "fewstep_celebahq256_latents", None, 0, ("train",), False,
+            _latent_files(_CELEBAHQ_FILES), image_size=256,
+        ),
+        RealDataset(
+            "imagenet512_latents", "fewstep_imagenet512_latents", None, 1000, ("train",), True,
+            _latent_files(_IMAGENET_FILES), image_size=512,
+        ),
     )
 }
 
@@ -118,26 +135,30 @@ def prepared_dir(dataset: RealDataset, data_dir: str) -> str:
     return os.path.join(data_dir, dataset.builder, VERSION)
 
 
-def prepare_command(dataset: RealDataset, data_dir: str, manual_dir: str = "DIR", latent_scale: Any = None) -> str:
+def prepare_command(dataset: RealDataset, data_dir: str, manual_dir: str = "DIR", latent_preset: Any = None) -> str:
     """The exact command that prepares `dataset` into `data_dir`."""
     command = (
         f"python -m fewstep_jax.data.prepare --dataset={dataset.name} --manual_dir={manual_dir} --data_dir={data_dir}"
     )
     if dataset.is_latent:
-        command += f" --latent_scale={latent_scale if latent_scale else 0.18215}"
+        command += f" --latent_preset={latent_preset or 'sd'} --vae_weights=VAE.safetensors"
     return command
 
 
-def not_prepared_message(dataset: RealDataset, data_dir: str, latent_scale: Any = None) -> str:
+def not_prepared_message(dataset: RealDataset, data_dir: str, latent_preset: Any = None) -> str:
     """Says which files to put where and the command that prepares them."""
     missing = os.path.join(prepared_dir(dataset, data_dir), "dataset_info.json")
     message = (
         f"dataset {dataset.name!r} is not prepared in {data_dir} (no {missing}). Put {dataset.expects} "
-        f"in a folder DIR, then run:\n  {prepare_command(dataset, data_dir, latent_scale=latent_scale)}"
+        f"in a folder DIR, then run:\n  {prepare_command(dataset, data_dir, latent_preset=latent_preset)}"
     )
     if dataset.download_url:
         message += f"\n(or add --download to fetch {dataset.download_url} into DIR first)"
     if dataset.is_latent:
-        message += "\n(--latent_scale is the VAE's scale factor: 0.18215 for the Stable Diffusion VAE)"
+        message += (
+            "\n(--latent_preset: sd, edm2, scm or imf, see fewstep_jax/data/latents.py; --vae_weights: the "
+            "Stable Diffusion VAE's diffusion_pytorch_model.safetensors from stabilityai/sd-vae-ft-mse, "
+            "needed when DIR holds images)"
+        )
     message += "\nSet data.data_dir or $TFDS_DATA_DIR to read prepared datasets from another folder."
     return message

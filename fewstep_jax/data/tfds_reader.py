@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fewstep_jax.data import formats, pipeline, sources
+from fewstep_jax.data import latents, pipeline, sources
 
 Finish = Callable[[dict[str, np.ndarray], np.ndarray], pipeline.Batch]
 # When reference_data is asked for a whole split: above this many examples it refuses (memory).
@@ -60,8 +60,20 @@ class Prepared:
         return self.builder.info.metadata.get("latent_kind") if self.dataset.is_latent else None
 
     @property
-    def latent_scale(self) -> float | None:
-        return float(self.builder.info.metadata["latent_scale"]) if self.dataset.is_latent else None
+    def latent_preset(self) -> Any:
+        """The latents.Preset recorded at preparation (None for pixel datasets)."""
+        if not self.dataset.is_latent:
+            return None
+        return latents.get(self.builder.info.metadata.get("latent_preset"))
+
+    @property
+    def has_flipped(self) -> bool:
+        """Latents stored with the moments of the mirrored images (picked at random when read)."""
+        return "moments_flipped" in self.features
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.builder.info.metadata)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -121,17 +133,18 @@ def check_feature_classes(path: str) -> None:
             pending.extend(node)
 
 
-def open_prepared(name: str, data_dir: Any = None, latent_scale: Any = None) -> Prepared:
+def open_prepared(name: str, data_dir: Any = None, latent_preset: Any = None) -> Prepared:
     """The prepared dataset `name` in data_dir (resolved as in sources.resolve_data_dir).
 
     Raises DatasetNotPreparedError with the files to provide and the command to run; for latent
-    datasets, ValueError when `latent_scale` is given and differs from the recorded factor.
+    datasets, ValueError when `latent_preset` is given and differs from the recorded preset
+    (the presets differ in the VAE's input range, so the moments are not interchangeable).
     """
     dataset = sources.get(name)
     root = sources.resolve_data_dir(data_dir)
     path = sources.prepared_dir(dataset, root)
     if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        raise DatasetNotPreparedError(sources.not_prepared_message(dataset, root, latent_scale))
+        raise DatasetNotPreparedError(sources.not_prepared_message(dataset, root, latent_preset))
     prepared = _OPENED.get(path)
     if prepared is None:
         import tensorflow_datasets as tfds  # only real datasets pay for this import
@@ -139,12 +152,14 @@ def open_prepared(name: str, data_dir: Any = None, latent_scale: Any = None) -> 
         check_feature_classes(path)
         prepared = Prepared(dataset, path, tfds.builder_from_directory(path))
         _OPENED[path] = prepared
-    recorded = prepared.latent_scale
-    if latent_scale is not None and recorded is not None and not np.isclose(latent_scale, recorded, rtol=1e-6):
-        raise ValueError(
-            f"data.latent_scale={latent_scale} but {path} was prepared with the VAE scale factor {recorded}; "
-            "fix the config or prepare the latents again"
-        )
+    if dataset.is_latent and latent_preset is not None:
+        ours, theirs = latents.get(latent_preset), prepared.latent_preset
+        if ours != theirs:
+            raise ValueError(
+                f"data.latent_preset={ours.name!r} (VAE input {ours.input_range}) but {path} was prepared with "
+                f"the preset {theirs.name!r} (VAE input {theirs.input_range}); set data.latent_preset="
+                f"{theirs.name!r} or prepare the latents again with --latent_preset={ours.name}"
+            )
     return prepared
 
 
@@ -162,16 +177,25 @@ def latent_noise(stream: int, seed: int, positions: np.ndarray, shape: tuple[int
 
 
 def latent_values(prepared: Prepared, stored: np.ndarray, noise: Callable[[], np.ndarray] | None) -> np.ndarray:
-    """Stored latents or moments [n, ...] -> scaled latents float32 [n, H, W, C].
+    """Stored latents or moments [n, ...] -> the network's latents float32 [n, H, W, C].
 
     moments: z = mean + exp(logvar / 2) * eps with logvar clamped to [-30, 20], the Stable
-    Diffusion VAE's DiagonalGaussianDistribution.sample (Rombach et al. 2022); then z * scale.
+    Diffusion VAE's DiagonalGaussianDistribution.sample (Rombach et al. 2022); then the recorded
+    preset's affine (latents.Preset.to_model).
     """
     values = stored.astype(np.float32)
     if prepared.latent_kind == "moments":
-        mean, logvar = np.split(values, 2, axis=-1)
-        values = mean + np.exp(0.5 * np.clip(logvar, *formats.LOGVAR_RANGE)) * noise()
-    return (values * np.float32(prepared.latent_scale)).astype(np.float32)
+        values = latents.sample(values, noise())
+    return prepared.latent_preset.to_model(values).astype(np.float32)
+
+
+def choose_flips(records: dict[str, np.ndarray], stream: int, seed: int, positions: np.ndarray) -> np.ndarray:
+    """The stored moments with, for each row, the mirrored image's moments instead with
+    probability 1/2 (a fair coin from (stream, seed, position)): the random horizontal flip of
+    the pixel recipes, taken before encoding."""
+    coins = np.asarray([pipeline.stream_rng(stream, seed, int(i)).integers(2) for i in positions], bool)
+    pick = coins.reshape((-1,) + (1,) * (records["moments"].ndim - 1))
+    return np.where(pick, records["moments_flipped"], records["moments"])
 
 
 def read_records(source: Any, index: Any) -> dict[str, np.ndarray]:
@@ -186,10 +210,16 @@ def make_finish(prepared: Prepared, *, conditional: bool, seed: int, noise_strea
     y holds the labels when `conditional`, else zeros (never leak labels to an unconditional run).
     """
 
+    training = noise_stream == pipeline.STREAM_LATENT_NOISE
+    flip_stream = pipeline.STREAM_LATENT_FLIP if training else pipeline.STREAM_LATENT_REFERENCE_FLIP
+
     def finish(records: dict[str, np.ndarray], positions: np.ndarray) -> pipeline.Batch:
         if prepared.dataset.is_latent:
             noise = lambda: latent_noise(noise_stream, seed, positions, prepared.shape)
-            x = latent_values(prepared, records[prepared.latent_kind], noise)
+            stored = records[prepared.latent_kind]
+            if prepared.has_flipped:
+                stored = choose_flips(records, flip_stream, seed, positions)
+            x = latent_values(prepared, stored, noise)
         else:
             x = images_to_float(records["image"])
         if conditional:
@@ -269,13 +299,9 @@ class GrainBatchIterator(pipeline.BatchIterator):
 def iterate_images(prepared: Prepared, split: str, *, batch_size: int, limit: int | None = None, read_threads: int = 8):
     """(uint8 images [b, H, W, C], int32 labels [b]) over `split` in stored order (the first `limit`).
 
-    Labels are the true labels (zeros for unlabelled data). Latent datasets have no images.
+    Labels are the true labels (zeros for unlabelled data). A latent dataset gives the images it
+    was encoded from, read again from their folder with the same crop (encode.source_images).
     """
-    if prepared.dataset.is_latent:
-        raise ValueError(
-            f"{prepared.dataset.name} holds VAE latents, not images: FID needs decoded images and the VAE "
-            "decoder is not part of the suite. Compute FID reference statistics from the pixel images."
-        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     total = prepared.num_examples(split)
@@ -287,6 +313,11 @@ def iterate_images(prepared: Prepared, split: str, *, batch_size: int, limit: in
 
 
 def _iterate_images(prepared: Prepared, split: str, batch_size: int, total: int, read_threads: int) -> Iterator:
+    if prepared.dataset.is_latent:
+        from fewstep_jax.data import encode
+
+        yield from encode.source_images(prepared, batch_size=batch_size, limit=total, num_workers=read_threads)
+        return
     for records in read_batches(prepared.source(split), range(total), batch_size, read_threads):
         images = records["image"]
         labels = records["label"] if prepared.has_labels else np.zeros((len(images),), np.int64)

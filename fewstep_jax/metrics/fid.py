@@ -244,7 +244,10 @@ class FIDEvaluator:
 
     def evaluate(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
         del labels  # FID and IS are unconditional statistics
-        images = inception.to_uint8(samples)
+        return self.evaluate_images(inception.to_uint8(samples))
+
+    def evaluate_images(self, images: np.ndarray) -> dict[str, float]:
+        """FID and IS of uint8 images [N, H, W, 3]."""
         batches = (images[i : i + self.extractor.batch_size] for i in range(0, len(images), self.extractor.batch_size))
         stats, logits = self.extractor.statistics(batches, total=len(images), what="FID")
         mu, sigma = stats.gaussian()

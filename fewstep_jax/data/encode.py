@@ -233,7 +233,7 @@ def encode_images(
             out.update({"labels": np.zeros((0,), np.int32)} if labelled else {})
         _save_shard(path, out)
         if skipped != recorded.get("skipped"):
-            recorded["skipped"] = skipped
+            recorded["skipped"] = list(skipped)
             _write_json(os.path.join(folder, SETTINGS), recorded)
     if not paths:
         raise FileNotFoundError(f"no images to encode in {folder}'s source")

@@ -220,6 +220,8 @@ def _make_dit(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int
         use_d=bool(cfg["use_d"]),
         num_classes=num_classes,
         dtype=_dtype(cfg),
+        time_endpoint=bool(cfg["time_endpoint"]),
+        learn_sigma=bool(cfg["learn_sigma"]),
     )
 
 
@@ -286,6 +288,8 @@ REGISTRY: dict[str, NetworkSpec] = {
         defaults=dict(
             name="dit", size=None, hidden=None, depth=None, num_heads=None, patch=2, mlp_ratio=4.0,
             dropout=0.0, time_scale=1.0, use_d=False, dtype="float32",
+            # The reference DiT's time frequencies and learned-sigma head (official weights).
+            time_endpoint=True, learn_sigma=False,
         ),
         make=_make_dit,
     ),

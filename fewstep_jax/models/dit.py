@@ -6,14 +6,22 @@ Architecture (DiT sec. 3.2, Fig. 3):
   embedding -> `depth` adaLN-Zero blocks -> final adaLN + LayerNorm + zero-init Dense to
   patch * patch * C -> unpatchify -> [B, H, W, C].
 
-Differences from the reference DiT, on purpose (the suite's network interface):
-  - One output per input channel (no learned-sigma head): the few-step methods regress a single
-    field (velocity / x0 / average velocity).
+Differences from the reference DiT, on purpose (the suite's network interface), each with an
+option that restores the reference (used for the official DiT / SiT weights,
+models/pretrained/dit.py):
+  - One output per input channel: the few-step methods regress a single field (velocity / x0 /
+    average velocity). learn_sigma=True keeps the reference's learned-sigma head (2 C outputs per
+    pixel, the first C the prediction, the last C the variance interpolation of Nichol & Dhariwal
+    2021 eq. 15); the network still returns the first C, and all 2 C with `with_sigma=True`.
   - Time is embedded as positional_embedding(time_scale * t) with the suite's frequency convention
-    (layers.positional_embedding), with an optional second scalar d (shortcut level k, MeanFlow
-    interval t - r) that has its own sinusoidal embedding + MLP; see layers.ConditioningEmbedding.
+    (layers.positional_embedding: frequencies from 1 to exactly 1/10000), with an optional second
+    scalar d (shortcut level k, MeanFlow interval t - r) that has its own sinusoidal embedding +
+    MLP; see layers.ConditioningEmbedding. time_endpoint=False gives the reference's
+    `timestep_embedding` frequencies 10000 ** (-k / 128), k = 0..127 (DiT models.py, from GLIDE).
   - Label dropout for classifier-free guidance is left to the methods; the label table always has
     the NULL row (num_classes + 1 rows).
+  - The fixed positional embedding is a constant, not a (frozen) parameter as in the reference
+    state dict's `pos_embed`.
 Kept from DiT: 256-wide frequency embedding of t, adaLN-Zero (modulation Dense zero-initialized so
 every block starts as the identity), LayerNorm without affine params (eps 1e-6), qkv with bias,
 MLP ratio 4 with tanh-GELU, Xavier-uniform Linear / patch-embedding init, zero-init output layer
@@ -153,6 +161,9 @@ class DiT(nn.Module):
     DiT Table 1 are in DIT_SIZES (e.g. DiT-XL/2: hidden 1152, depth 28, 16 heads, patch 2).
 
     Conditioning c = emb(t) (+ emb(d)) (+ label table row), layers.ConditioningEmbedding.
+    time_endpoint: frequency rule of the time embedding (False: the reference DiT's).
+    learn_sigma: the output layer also emits the reference's C learned-sigma channels; the call
+    returns them (after the C prediction channels) only when given with_sigma=True.
     """
 
     hidden: int = 384
@@ -165,6 +176,8 @@ class DiT(nn.Module):
     use_d: bool = False
     num_classes: int = 0
     dtype: Any = jnp.float32
+    time_endpoint: bool = True
+    learn_sigma: bool = False
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -183,8 +196,11 @@ class DiT(nn.Module):
         y: Array | None = None,
         d: Array | None = None,
         train: bool = False,
+        with_sigma: bool = False,
     ) -> Array:
         self._check_input(x)
+        if with_sigma and not self.learn_sigma:
+            raise ValueError("with_sigma=True needs a DiT built with learn_sigma=True")
         batch, height, width, channels = x.shape
         p = self.patch
         grid_h, grid_w = height // p, width // p
@@ -196,6 +212,7 @@ class DiT(nn.Module):
             time_scale=self.time_scale,
             num_classes=self.num_classes,
             use_d=self.use_d,
+            time_endpoint=self.time_endpoint,
             name="cond",
         )(t, y, d)
         # Every adaLN modulation acts on SiLU(c) (DiT adaLN_modulation = SiLU -> Linear): apply once.
@@ -221,8 +238,10 @@ class DiT(nn.Module):
             axis=-1,
         )
         h = modulate(layer_norm(h), shift, scale, self.dtype)
-        h = _dense(p * p * channels, self.dtype, "final_linear", init=nn.initializers.zeros)(h)
-        # Unpatchify: token (i, j) holds its p x p x C patch in the patch-embedding's (row, col, ch)
-        # order.
-        h = h.reshape(batch, grid_h, grid_w, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-        return h.reshape(batch, height, width, channels).astype(out_dtype)
+        out_channels = 2 * channels if self.learn_sigma else channels
+        h = _dense(p * p * out_channels, self.dtype, "final_linear", init=nn.initializers.zeros)(h)
+        # Unpatchify: token (i, j) holds its p x p x out_channels patch in the patch-embedding's
+        # (row, col, ch) order (the reference's 'nhwpqc->nchpwq').
+        h = h.reshape(batch, grid_h, grid_w, p, p, out_channels).transpose(0, 1, 3, 2, 4, 5)
+        h = h.reshape(batch, height, width, out_channels).astype(out_dtype)
+        return h if with_sigma else h[..., :channels]

@@ -13,6 +13,7 @@ Parameters are always stored in float32.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -214,6 +215,7 @@ class TimestepEmbedder(nn.Module):
     freq_dim: int = 256
     time_scale: float = 1.0
     max_period: float = 10000.0
+    endpoint: bool = True
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
@@ -221,7 +223,9 @@ class TimestepEmbedder(nn.Module):
         dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
         if t.ndim != 1:
             raise ValueError(f"expected a [B] vector of scalar conditioning, got shape {t.shape}")
-        h = positional_embedding(self.time_scale * t.astype(dtype), self.freq_dim, self.max_period)
+        h = positional_embedding(
+            self.time_scale * t.astype(dtype), self.freq_dim, self.max_period, endpoint=self.endpoint
+        )
         h = nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_0")(h)
         h = nn.silu(h)
         return nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_1")(h)
@@ -291,6 +295,7 @@ class ConditioningEmbedding(nn.Module):
       - d is a second scalar (shortcut step size, MeanFlow interval t - r) with its own embedder,
         summed with the time embedding; d=None means zeros. Passing d to a network built with
         use_d=False raises, so a misconfigured method fails loudly instead of being ignored.
+      - time_endpoint is TimestepEmbedder.endpoint for t and d (False: DiT's frequencies).
 
     __call__(t [B], y [B] | None, d [B] | None) -> [B, features], dtype at least float32.
     """
@@ -300,6 +305,7 @@ class ConditioningEmbedding(nn.Module):
     time_scale: float = 1.0
     num_classes: int = 0
     use_d: bool = False
+    time_endpoint: bool = True
 
     @nn.compact
     def __call__(self, t: Array, y: Array | None = None, d: Array | None = None) -> Array:
@@ -307,10 +313,13 @@ class ConditioningEmbedding(nn.Module):
         if t.ndim != 1:
             raise ValueError(f"t must have shape [B], got {t.shape}")
         batch = t.shape[0]
-        emb = TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="time")(t)
+        embedder = partial(
+            TimestepEmbedder, self.features, self.freq_dim, self.time_scale, endpoint=self.time_endpoint
+        )
+        emb = embedder(name="time")(t)
         d = second_scalar(t, d, self.use_d)
         if d is not None:
-            emb = emb + TimestepEmbedder(self.features, self.freq_dim, self.time_scale, name="d")(d)
+            emb = emb + embedder(name="d")(d)
         if self.num_classes > 0:
             y = labels_or_null(y, batch, self.num_classes)
             emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(

@@ -12,9 +12,11 @@ suite's import path. Both on-disk formats of `torch.save` are understood:
 
 Every pickle in the file, the legacy format's header and key list included, is read through
 `safe_pickle` with an allow-list of globals (ordered dicts, the tensor rebuild functions and
-storage types), like `torch.load(weights_only=True)`: a file that asks for anything else is
-rejected instead of executing code. Tensors come back as numpy arrays with their shape, strides
-and storage offset applied (views of one storage share memory, as in PyTorch).
+storage types, argparse.Namespace as a plain record), like `torch.load(weights_only=True)`: a file
+that asks for anything else is rejected instead of executing code. Tensors come back as numpy
+arrays with their shape, strides and storage offset applied (views of one storage share memory,
+as in PyTorch). `load` returns a state dict; `load_object` the whole object (e.g. a training
+checkpoint with 'model' / 'ema' / 'opt' / 'args' entries).
 """
 
 from __future__ import annotations
@@ -75,8 +77,19 @@ def _rebuild_parameter(data: np.ndarray, *_unused) -> np.ndarray:
     return data
 
 
+class Namespace:
+    """Stand-in for argparse.Namespace, which training checkpoints store as their 'args' (DiT,
+    SiT and REPA train.py): a plain record whose attributes the pickle's BUILD sets from a dict."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise TorchFileError(f"an argparse.Namespace state must be a dict of names, got {type(state).__name__}")
+        self.__dict__.update(state)
+
+
 _TORCH_GLOBALS = {
     **safe_pickle.CONTAINERS,
+    ("argparse", "Namespace"): Namespace,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -174,13 +187,23 @@ def _load_legacy(path: str) -> Any:
         return obj
 
 
+def load_object(path: str | os.PathLike[str]) -> Any:
+    """The whole object of a `torch.save` file, tensors as numpy arrays: e.g. a training checkpoint
+    {'model': state dict, 'ema': state dict, 'opt': ..., 'args': Namespace, ...}.
+
+    Raises TorchFileError for a file this reader refuses (see the module docstring).
+    """
+    path = os.fspath(path)
+    return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+
+
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """A PyTorch state dict file -> {name: numpy array} (each tensor keeps its dtype).
 
     Raises TorchFileError for a file that is not a tensor state dict.
     """
     path = os.fspath(path)
-    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    obj = load_object(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # some checkpoints wrap the state dict
     if not isinstance(obj, dict):

@@ -171,7 +171,11 @@ def load(path: str | os.PathLike[str], family: str, *, num_heads: int | None = N
     try:
         obj = torch_pickle.load_object(path)
     except (torch_pickle.TorchFileError, OSError, EOFError) as e:
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint (truncated or not a .pt file?): {e}") from None
+        with open(path, "rb") as f:
+            zip_header = f.read(4) == b"PK\x03\x04"
+        why = "a truncated or damaged PyTorch zip file" if zip_header else "truncated or not a .pt file?"
+        reason = " ".join(str(e).split())  # one line
+        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({why}): {reason}") from None
     state_dict, which = select_state_dict(obj, path)
     config, params, summary = import_state_dict(state_dict, family, num_heads=num_heads, source=path)
     summary["file"] = path

@@ -6,6 +6,7 @@ asserts a clear error and that MARKER never appears. docs/FILES.md lists the rea
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import io
 import json
@@ -20,6 +21,7 @@ import pytest
 from fewstep_jax import safe_pickle
 from fewstep_jax.data import formats, prepare, sources, tfds_reader
 from fewstep_jax.metrics import fid, inception, torch_pickle
+from fewstep_jax.models.pretrained import dit as pretrained_dit
 
 EXEC = r"(__builtin__|builtins)\.exec"  # protocol 2 writes Python 2's module name
 
@@ -91,6 +93,17 @@ def test_torch_file_tensor_of_an_unknown_storage_type_is_refused(tmp_path, marke
         archive.writestr("archive/data.pkl", payload)
     with pytest.raises(torch_pickle.TorchFileError, match=r"refusing to unpickle torch\.load"):
         torch_pickle.load(path)
+
+
+def test_dit_sit_training_checkpoint_with_code_is_refused(tmp_path, marker):
+    """An official-looking DiT / SiT train.py checkpoint ({'ema', 'args'}) whose tensors run code."""
+    path = tmp_path / "SiT-XL-2-256.pt"
+    payload = {"ema": {"w": Exploit(marker)}, "args": argparse.Namespace(model="SiT-XL/2")}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
+    refused = r"cannot read .*SiT-XL-2-256\.pt as a PyTorch checkpoint.*refusing to unpickle " + EXEC
+    with pytest.raises(ValueError, match=refused):
+        pretrained_dit.load(path, "sit")
 
 
 # ---------------------------------------------------------------------------- .npz files (numpy refuses object arrays)

@@ -239,7 +239,12 @@ def _zero_state_dict(golden, name: str) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     "name,family,resolution",
-    [("dit_xl2_256", "dit", 256), ("dit_xl2_512", "dit", 512), ("sit_repa_xl2_256", "sit_repa", 256)],
+    [
+        ("dit_xl2_256", "dit", 256),
+        ("dit_xl2_512", "dit", 512),
+        ("sit_xl2_256", "sit", 256),
+        ("sit_repa_xl2_256", "sit_repa", 256),
+    ],
 )
 def test_full_size_layout_and_parameter_count(golden, name, family, resolution):
     """DiT-XL/2 (Table 1; 675,129,632 parameters as the official code counts them, its frozen
@@ -248,7 +253,7 @@ def test_full_size_layout_and_parameter_count(golden, name, family, resolution):
     config, params, summary = imp.import_state_dict(_zero_state_dict(golden, name), family)
     assert summary["architecture"].startswith("DiT-XL/2" if family == "dit" else "SiT-XL/2")
     assert summary["resolution"] == resolution and summary["num_classes"] == 1000
-    assert summary["learn_sigma"] is (family == "dit")
+    assert summary["learn_sigma"] is (family != "sit_repa")  # the DiT and SiT releases have the sigma head
     net = _net(config, summary)
     side = summary["data_shape"][0]
     shapes = jax.eval_shape(
@@ -259,10 +264,10 @@ def test_full_size_layout_and_parameter_count(golden, name, family, resolution):
     pos_embed = (side // 2) ** 2 * 1152
     official = int(golden[f"count_{name}"])
     assert summary["reference_parameter_count"] == official
-    if family == "dit":
-        assert count + pos_embed == official
-    else:
+    if family == "sit_repa":
         assert count + pos_embed + int(golden["count_sit_repa_xl2_256_projectors"]) == official
+    else:
+        assert count + pos_embed == official
     if name == "dit_xl2_256":
         assert official == 675_129_632  # the figure the DiT code logs for DiT-XL/2
 

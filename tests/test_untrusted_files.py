@@ -21,6 +21,7 @@ import pytest
 from fewstep_jax import safe_pickle
 from fewstep_jax.data import formats, prepare, sources, tfds_reader
 from fewstep_jax.metrics import fid, inception, torch_pickle
+from fewstep_jax.models import vae
 from fewstep_jax.models.pretrained import dit as pretrained_dit
 
 EXEC = r"(__builtin__|builtins)\.exec"  # protocol 2 writes Python 2's module name
@@ -59,6 +60,15 @@ def test_zip_pth_with_code_is_refused(tmp_path, marker):
         archive.writestr("archive/data.pkl", pickle.dumps({"w": Exploit(marker)}, protocol=2))
     with pytest.raises(ValueError, match=r"cannot read Inception weights .*refusing to unpickle " + EXEC):
         inception.load_params(str(path))
+
+
+def test_vae_ckpt_with_code_is_refused(tmp_path, marker):
+    """An LDM-style .ckpt (the state dict nested under 'state_dict') carrying code."""
+    path = tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"state_dict": {"w": Exploit(marker)}}, protocol=2))
+    with pytest.raises(ValueError, match=r"cannot read VAE weights .*refusing to unpickle " + EXEC):
+        vae.load_params(str(path))
 
 
 def _legacy_file(path, pickles: list[bytes]) -> None:

@@ -625,11 +625,44 @@ def to_state_dict(params: Mapping[str, Any], spelling: str = "current") -> dict[
     return out
 
 
-def save_safetensors(params: Mapping[str, Any], path: str, spelling: str = "current") -> None:
-    """Writes params as a diffusers-named safetensors file (loadable by load_params and diffusers)."""
+CONFIG_METADATA = "fewstep_vae_config"
+
+
+def save_safetensors(
+    params: Mapping[str, Any], path: str, spelling: str = "current", config: VAEConfig | None = None
+) -> None:
+    """Writes params as a diffusers-named safetensors file (loadable by load_params and diffusers).
+    With `config`, the file records it in its metadata, and file_config() reads it back."""
+    import json
+
     import safetensors.numpy
 
-    safetensors.numpy.save_file(to_state_dict(params, spelling), path, metadata={"format": "pt"})
+    metadata = {"format": "pt"}
+    if config is not None:
+        metadata[CONFIG_METADATA] = json.dumps(dataclasses.asdict(config))
+    safetensors.numpy.save_file(to_state_dict(params, spelling), path, metadata=metadata)
+
+
+def file_config(path: str | os.PathLike[str]) -> VAEConfig:
+    """The configuration a weight file was written with (save_safetensors(..., config=...)), or
+    SD_KL_F8 for every other file, the released VAEs included."""
+    import json
+
+    path = _resolve(path)
+    if not path.endswith(".safetensors"):
+        return SD_KL_F8
+    import safetensors
+
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            recorded = (f.metadata() or {}).get(CONFIG_METADATA)
+    except Exception:  # an unreadable file: load_params names the problem
+        return SD_KL_F8
+    if recorded is None:
+        return SD_KL_F8
+    fields = json.loads(recorded)
+    fields["block_out_channels"] = tuple(fields["block_out_channels"])
+    return VAEConfig(**fields)
 
 
 # ---------------------------------------------------------------------------
@@ -673,6 +706,11 @@ class VAE:
     @classmethod
     def load(cls, path: str | os.PathLike[str], config: VAEConfig = SD_KL_F8, **kwargs) -> VAE:
         return cls(load_params(path, config), config, **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs) -> VAE:
+        """The VAE of a weight file in the configuration the file records (file_config)."""
+        return cls.load(path, file_config(path), **kwargs)
 
     def encode_moments(self, images: np.ndarray | Array) -> np.ndarray:
         """Images [N, H, W, in_channels] (floats in [-1, 1]) -> moments [N, H/f, W/f, 2 * latent]."""

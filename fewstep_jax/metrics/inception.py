@@ -27,10 +27,6 @@ import functools
 import hashlib
 import math
 import os
-import shutil
-import sys
-import tempfile
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.metrics import torch_pickle
-from fewstep_jax.metrics.cache import default_cache_dir
+from fewstep_jax.metrics.cache import default_cache_dir, download
 
 Array = jax.Array
 
@@ -332,27 +328,6 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, An
     return params
 
 
-def _download(url: str, dest: str) -> None:
-    """Download url to dest atomically, with a progress line on stderr."""
-    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".", suffix=".part")
-    try:
-        with urllib.request.urlopen(url) as response, os.fdopen(fd, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if total:
-                    print(f"\rdownloading {url}: {done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr)
-        print(file=sys.stderr)
-        shutil.move(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def weights_file(source: str = "", cache_dir: str | None = None) -> str:
     """The local path of the Inception weights named by `source`.
 
@@ -364,7 +339,7 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
     if source.startswith(("http://", "https://")):
         dest = os.path.join(cache_dir, os.path.basename(source.split("?")[0]) or WEIGHTS_FILENAME)
         if not os.path.exists(dest):
-            _download(source, dest)
+            download(source, dest)
         return dest
     path = source or os.path.join(cache_dir, WEIGHTS_FILENAME)
     if not os.path.isfile(path):

@@ -90,13 +90,17 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> d
 
 
 def golden_images(size: int, count: int, stream: int = 0) -> np.ndarray:
-    """uint8 NHWC RGB images [count, size, size, 3] from the seed."""
+    """uint8 NHWC RGB images [count, size, size, 3] from the seed: an 8 x 8 grid of random colour
+    blocks (sharp edges: they exercise the resampling kernel, and the features differ from image
+    to image) plus uniform noise in [-32, 32], clipped."""
     rng = np.random.default_rng([SEED, size, stream])
-    return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    blocks = rng.integers(0, 256, (count, 8, 8, 3))
+    blocks = np.repeat(np.repeat(blocks, size // 8, axis=1), size // 8, axis=2)
+    return np.clip(blocks + rng.integers(-32, 33, (count, size, size, 3)), 0, 255).astype(np.uint8)
 
 
 def fd_images(stream: int) -> np.ndarray:
-    """The two FD-DINOv2 image sets [96, 32, 32, 3]: set 1 uniform noise, set 2 half as bright."""
+    """The two FD-DINOv2 image sets [96, 32, 32, 3]: set 2 is half as bright."""
     images = golden_images(FD_SIZE, FD_IMAGES, stream)
     return images if stream == 1 else images // 2
 

@@ -551,9 +551,9 @@ def load_params(source: str = "", cache_dir: str | None = None, config: DINOv2Co
     names (Hugging Face's start with `embeddings.` / `encoder.`), whatever the file format."""
     path = weights_file(source, cache_dir)
     state_dict = read_state_dict(path)
-    if any(k.startswith(("embeddings.", "encoder.")) for k in state_dict):
-        state_dict = hub_state_dict_from_hf(state_dict, config)
     try:
+        if any(k.startswith(("embeddings.", "encoder.")) for k in state_dict):
+            state_dict = hub_state_dict_from_hf(state_dict, config)
         return params_from_state_dict(state_dict, config)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

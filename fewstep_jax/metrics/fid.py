@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -89,19 +89,58 @@ def _progress(done: int, total: int | None, start: float, what: str) -> None:
         logging.info("%s: %d images (%.0f img/s)", what, done, rate)
 
 
+def with_progress(batches: Iterable[np.ndarray], *, total: int | None = None, what: str = "") -> Iterator[np.ndarray]:
+    """Yields the batches unchanged, logging images done, images/s and the ETA every
+    PROGRESS_SECONDS while the consumer works on them (and once at the end when total is known)."""
+    done = 0
+    start = last = time.perf_counter()
+    for images in batches:
+        yield images
+        done += len(images)
+        if time.perf_counter() - last > PROGRESS_SECONDS:
+            _progress(done, total, start, what)
+            last = time.perf_counter()
+    if total and done > 0:
+        _progress(done, total, start, what)
+
+
+class ShardedBatches:
+    """fn(params, images) on fixed-size batches split over all local devices (leading axis).
+
+    fn is jitted once (one batch shape); the batch size is rounded up to a multiple of the device
+    count and the last partial batch is padded by repeating its last image, the padding dropped
+    from the outputs. Returns fn's output pytree as numpy, concatenated over batches.
+    """
+
+    def __init__(self, fn: Callable[[Any, jax.Array], Any], params: Any, batch_size: int):
+        devices = jax.local_devices()
+        self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)  # a multiple of the device count
+        mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+        self._batch = NamedSharding(mesh, P("batch"))
+        self._params = jax.device_put(params, NamedSharding(mesh, P()))
+        self._fn = jax.jit(fn)
+
+    def __call__(self, images: np.ndarray) -> Any:
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+            result = self._fn(self._params, jax.device_put(padded, self._batch))
+            outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], result))
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 class InceptionExtractor:
     """pool3 features and logits of uint8 images, batch by batch, sharded over local devices."""
 
     def __init__(self, params: Any, *, resize: str = "tf1", batch_size: int = 250):
         if resize not in inception.RESIZE_MODES:
             raise ValueError(f"eval.fid_resize must be one of {inception.RESIZE_MODES}, got {resize!r}")
-        devices = jax.local_devices()
-        self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)  # a multiple of the device count
-        mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-        self._batch = NamedSharding(mesh, P("batch"))
-        self._params = jax.device_put(params, NamedSharding(mesh, P()))
         net = inception.InceptionV3()
-        self._fn = jax.jit(lambda p, x: net.apply({"params": p}, inception.preprocess(x, resize)))
+        self._features = ShardedBatches(
+            lambda p, x: net.apply({"params": p}, inception.preprocess(x, resize)), params, batch_size
+        )
+        self.batch_size = self._features.batch_size
         self.fingerprint = inception.params_fingerprint(params)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,58 +148,50 @@ class InceptionExtractor:
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise ValueError(f"Inception features take uint8 images, got {images.dtype} (see inception.to_uint8)")
-        out: dict[str, list[np.ndarray]] = {"pool3": [], "logits": []}
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
-            result = self._fn(self._params, jax.device_put(padded, self._batch))
-            for key in out:
-                out[key].append(np.asarray(result[key])[: len(chunk)])
-        return {k: np.concatenate(v) for k, v in out.items()}
+        return self._features(images)
 
     def statistics(
         self, batches: Iterable[np.ndarray], *, total: int | None = None, what: str = "inception features"
     ) -> tuple[RunningStats, np.ndarray]:
         """Streams uint8 image batches -> (pool3 RunningStats, all logits [N, 1008])."""
         stats, logits = RunningStats(inception.FEATURE_DIM), []
-        start = last = time.perf_counter()
-        for images in batches:
+        for images in with_progress(batches, total=total, what=what):
             features = self(images)
             stats.update(features["pool3"])
             logits.append(features["logits"])
-            if time.perf_counter() - last > PROGRESS_SECONDS:
-                _progress(stats.count, total, start, what)
-                last = time.perf_counter()
-        if total and stats.count > 0:
-            _progress(stats.count, total, start, what)
         return stats, np.concatenate(logits) if logits else np.zeros((0, inception.NUM_LOGITS), np.float32)
 
 
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:
-    """Reference statistics as .npz: mu [2048], sigma [2048, 2048] (float64; the key names of
-    EDM's and pytorch-fid's reference files) and a JSON `meta` string."""
+    """Reference statistics as .npz: mu [D], sigma [D, D] (float64; the key names of EDM's and
+    pytorch-fid's reference files) and a JSON `meta` string."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, mu=mu, sigma=sigma, meta=json.dumps(meta, sort_keys=True))
     os.replace(tmp, path)
 
 
-def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from a .npz with keys 'mu' and 'sigma' (this suite's, EDM's or pytorch-fid's files)."""
+_FID_STATS_HINT = "compute them with `python -m fewstep_jax.metrics.fid_stats --dataset=NAME --out=PATH`" + (
+    " or leave eval.fid_stats empty"
+)
+
+
+def load_stats(
+    path: str, *, dim: int = inception.FEATURE_DIM, metric: str = "FID", hint: str = _FID_STATS_HINT
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [dim], sigma [dim, dim]) float64 from a .npz with keys 'mu' and 'sigma' (this suite's,
+    EDM's or pytorch-fid's files). metric and hint word the error for a missing file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"FID reference statistics {path} not found; compute them with "
-            "`python -m fewstep_jax.metrics.fid_stats --dataset=NAME --out=PATH` or leave eval.fid_stats empty"
-        )
+        raise FileNotFoundError(f"{metric} reference statistics {path} not found; {hint}")
     with np.load(path, allow_pickle=False) as f:
         if "mu" not in f or "sigma" not in f:
-            raise ValueError(f"{path} has keys {sorted(f.files)}; FID statistics need 'mu' and 'sigma'")
+            raise ValueError(f"{path} has keys {sorted(f.files)}; {metric} statistics need 'mu' and 'sigma'")
         try:
             mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
         except ValueError as e:  # object arrays: numpy refuses to unpickle them
             raise ValueError(f"{path}: 'mu' and 'sigma' must be numeric arrays ({e})") from e
-    if mu.shape != (inception.FEATURE_DIM,) or sigma.shape != (inception.FEATURE_DIM,) * 2:
-        raise ValueError(f"{path}: expected mu [2048] and sigma [2048, 2048], got {mu.shape} and {sigma.shape}")
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ValueError(f"{path}: expected mu [{dim}] and sigma [{dim}, {dim}], got {mu.shape} and {sigma.shape}")
     return mu, sigma
 
 
@@ -173,11 +204,43 @@ def dataset_stats(
     out: str | None = None,
     cache_dir: str | None = None,
 ) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
-    """Reference statistics of a prepared dataset split: computed once, saved as .npz, reused.
+    """FID reference statistics of a prepared dataset split: computed once, saved as .npz, reused.
 
     Without `out` the file goes to cache_dir under a name that covers the dataset, its location,
     the split, the image count and the Inception weights' fingerprint, so a different dataset or
     network never reuses stale statistics. Returns (path, (mu, sigma)).
+    """
+    return cached_dataset_stats(
+        data_cfg,
+        lambda batches, total, what: extractor.statistics(batches, total=total, what=what)[0],
+        network={"inception": extractor.fingerprint},
+        batch_size=extractor.batch_size,
+        dim=inception.FEATURE_DIM,
+        split=split,
+        limit=limit,
+        out=out,
+        cache_dir=cache_dir,
+    )
+
+
+def cached_dataset_stats(
+    data_cfg: Any,
+    statistics: Callable[[Iterable[np.ndarray], int, str], RunningStats],
+    *,
+    network: dict[str, str],
+    batch_size: int,
+    dim: int,
+    metric: str = "FID",
+    prefix: str = "fid_stats",
+    split: str = "train",
+    limit: int | None = None,
+    out: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+    """Reference statistics of a prepared dataset split for any feature network (see dataset_stats).
+
+    statistics(uint8 batches, total, what) -> RunningStats computes them; network ({name:
+    fingerprint}) joins the cache key; the cached file is `{prefix}_{dataset}_{split}_{key}.npz`.
     """
     from fewstep_jax import data as data_lib
 
@@ -189,21 +252,21 @@ def dataset_stats(
         "data_dir": os.path.abspath(os.path.expanduser(str(data_cfg.get("data_dir", "") or ""))),
         "split": split,
         "images": total,
-        "inception": extractor.fingerprint,
+        **network,
     }
     if out is None:
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         directory = cache_dir or default_cache_dir()
-        out = os.path.join(directory, f"fid_stats_{identity['dataset']}_{split}_{key}.npz")
+        out = os.path.join(directory, f"{prefix}_{identity['dataset']}_{split}_{key}.npz")
         if os.path.isfile(out):
-            logging.info("FID reference statistics from %s", out)
-            return out, load_stats(out)
-    logging.info("computing FID reference statistics of %s/%s (%d images)", identity["dataset"], split, total)
-    images = _images_only(data_lib.iterate_images(data_cfg, split, batch_size=extractor.batch_size, limit=total))
-    stats, _ = extractor.statistics(images, total=total, what=f"reference statistics {identity['dataset']}/{split}")
+            logging.info("%s reference statistics from %s", metric, out)
+            return out, load_stats(out, dim=dim, metric=metric)
+    logging.info("computing %s reference statistics of %s/%s (%d images)", metric, identity["dataset"], split, total)
+    images = _images_only(data_lib.iterate_images(data_cfg, split, batch_size=batch_size, limit=total))
+    stats = statistics(images, total, f"{metric} reference statistics {identity['dataset']}/{split}")
     mu, sigma = stats.gaussian()
     save_stats(out, mu, sigma, **identity)
-    logging.info("FID reference statistics written to %s", out)
+    logging.info("%s reference statistics written to %s", metric, out)
     return out, (mu, sigma)
 
 

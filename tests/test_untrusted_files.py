@@ -20,7 +20,7 @@ import pytest
 
 from fewstep_jax import safe_pickle
 from fewstep_jax.data import formats, prepare, sources, tfds_reader
-from fewstep_jax.metrics import fid, inception, torch_pickle
+from fewstep_jax.metrics import dinov2, fd_dinov2, fid, inception, torch_pickle
 from fewstep_jax.models import vae
 from fewstep_jax.models.pretrained import dit as pretrained_dit
 
@@ -71,6 +71,14 @@ def test_vae_ckpt_with_code_is_refused(tmp_path, marker):
         vae.load_params(str(path))
 
 
+def test_dinov2_pth_with_code_is_refused(tmp_path, marker):
+    path = tmp_path / "dinov2_vitl14_pretrain.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"pos_embed": Exploit(marker)}, protocol=2))
+    with pytest.raises(ValueError, match=r"cannot read DINOv2 weights .*refusing to unpickle " + EXEC):
+        dinov2.load_params(str(path))
+
+
 def _legacy_file(path, pickles: list[bytes]) -> None:
     path.write_bytes(b"".join(pickles))
 
@@ -95,9 +103,7 @@ def test_legacy_pth_with_code_in_any_of_its_pickles_is_refused(tmp_path, marker,
 
 def test_torch_file_tensor_of_an_unknown_storage_type_is_refused(tmp_path, marker):
     """A global outside the tensor allow-list (here a torch attribute that is not a storage) is refused."""
-    payload = (
-        b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch\nload\nq\x02X\x05\x00\x00\x00x.pthq\x03\x85q\x04Rq\x05s."
-    )
+    payload = b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch\nload\nq\x02X\x05\x00\x00\x00x.pthq\x03\x85q\x04Rq\x05s."
     path = tmp_path / "w.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", payload)
@@ -114,6 +120,26 @@ def test_dit_sit_training_checkpoint_with_code_is_refused(tmp_path, marker):
     refused = r"cannot read .*SiT-XL-2-256\.pt as a PyTorch checkpoint.*refusing to unpickle " + EXEC
     with pytest.raises(ValueError, match=refused):
         pretrained_dit.load(path, "sit")
+
+
+# ---------------------------------------------------------------------------- EDM2 reference statistics (pickles)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_edm2_reference_pickle_with_code_is_refused(tmp_path, marker, protocol):
+    path = tmp_path / "img512.pkl"
+    refs = {"fid": {"mu": np.zeros(2048), "sigma": np.eye(2048)}, "fd_dinov2": {"mu": Exploit(marker), "sigma": None}}
+    path.write_bytes(pickle.dumps(refs, protocol=protocol))
+    with pytest.raises(safe_pickle.PickleRefused, match=r"img512\.pkl: refusing to unpickle " + EXEC):
+        fd_dinov2.load_edm2_refs(str(path))
+
+
+def test_edm2_reference_pickle_with_an_object_array_is_refused(tmp_path, marker):
+    path = tmp_path / "img64.pkl"
+    mu = np.array([Exploit(marker)], dtype=object)
+    path.write_bytes(pickle.dumps({"fd_dinov2": {"mu": mu, "sigma": np.eye(1)}}, protocol=4))
+    with pytest.raises(safe_pickle.PickleRefused, match="object"):
+        fd_dinov2.load_edm2_refs(str(path))
 
 
 # ---------------------------------------------------------------------------- .npz files (numpy refuses object arrays)
@@ -246,4 +272,3 @@ def test_prepared_folder_naming_a_foreign_feature_class_is_refused_before_import
         json.dump(features, f)
     with pytest.raises(ValueError, match="names the feature class 'crafted_feature.Image'"):
         tfds_reader.open_prepared("cifar10", str(data_dir))
-

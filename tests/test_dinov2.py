@@ -44,6 +44,16 @@ def params(state_dict):
     return dinov2.params_from_state_dict(state_dict, REDUCED)
 
 
+class SystemCall:
+    """Unpickling this runs os.system("touch MARKER")."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _layout(names, shapes) -> dict[str, tuple[int, ...]]:
     return {str(n): tuple(int(d) for d in str(s).split(",")) for n, s in zip(names, shapes)}
 
@@ -224,14 +234,9 @@ def test_missing_weights_error_says_where_to_get_them(tmp_path):
 
 def test_pth_with_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "MARKER"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "dinov2_vitl14_pretrain.pth"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"cls_token": Exploit()}, protocol=2))
+        archive.writestr("archive/data.pkl", pickle.dumps({"cls_token": SystemCall(marker)}, protocol=2))
     with pytest.raises(ValueError, match=r"cannot read DINOv2 weights .*refusing to unpickle (posix|os|nt)\.system"):
         dinov2.load_params(str(path))
     assert not marker.exists()
@@ -269,13 +274,8 @@ def test_edm2_reference_pickle_loads(tmp_path, protocol):
 
 def test_edm2_reference_pickle_errors(tmp_path):
     marker = tmp_path / "MARKER"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "img512.pkl"
-    path.write_bytes(pickle.dumps({"fd_dinov2": {"mu": Exploit(), "sigma": np.eye(2)}}))
+    path.write_bytes(pickle.dumps({"fd_dinov2": {"mu": SystemCall(marker), "sigma": np.eye(2)}}))
     with pytest.raises(safe_pickle.PickleRefused, match=r"img512\.pkl: refusing to unpickle (posix|os|nt)\.system"):
         fd_dinov2.load_edm2_refs(str(path))
     assert not marker.exists()

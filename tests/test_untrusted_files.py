@@ -54,12 +54,17 @@ def test_the_exploit_does_run_under_plain_pickle(marker):
 # ---------------------------------------------------------------------------- PyTorch weight files
 
 
-def test_zip_pth_with_code_is_refused(tmp_path, marker):
-    path = tmp_path / "pt_inception.pth"
+@pytest.mark.parametrize(
+    "load, name",
+    [(inception.load_params, "Inception"), (dinov2.load_params, "DINOv2")],
+    ids=["inception", "dinov2"],
+)
+def test_zip_pth_with_code_is_refused(tmp_path, marker, load, name):
+    path = tmp_path / "weights.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps({"w": Exploit(marker)}, protocol=2))
-    with pytest.raises(ValueError, match=r"cannot read Inception weights .*refusing to unpickle " + EXEC):
-        inception.load_params(str(path))
+    with pytest.raises(ValueError, match=rf"cannot read {name} weights .*refusing to unpickle " + EXEC):
+        load(str(path))
 
 
 def test_vae_ckpt_with_code_is_refused(tmp_path, marker):
@@ -69,14 +74,6 @@ def test_vae_ckpt_with_code_is_refused(tmp_path, marker):
         archive.writestr("archive/data.pkl", pickle.dumps({"state_dict": {"w": Exploit(marker)}}, protocol=2))
     with pytest.raises(ValueError, match=r"cannot read VAE weights .*refusing to unpickle " + EXEC):
         vae.load_params(str(path))
-
-
-def test_dinov2_pth_with_code_is_refused(tmp_path, marker):
-    path = tmp_path / "dinov2_vitl14_pretrain.pth"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"pos_embed": Exploit(marker)}, protocol=2))
-    with pytest.raises(ValueError, match=r"cannot read DINOv2 weights .*refusing to unpickle " + EXEC):
-        dinov2.load_params(str(path))
 
 
 def _legacy_file(path, pickles: list[bytes]) -> None:

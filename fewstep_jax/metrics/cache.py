@@ -35,3 +35,12 @@ def download(url: str, dest: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def cached_download(url: str, cache_dir: str, default_name: str, prefix: str = "") -> str:
+    """The local copy of url in cache_dir, downloaded on first use: named prefix + the URL's file
+    name (default_name when the URL has none)."""
+    dest = os.path.join(cache_dir, prefix + (os.path.basename(url.split("?")[0]) or default_name))
+    if not os.path.exists(dest):
+        download(url, dest)
+    return dest

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.metrics import inception, torch_pickle
-from fewstep_jax.metrics.cache import default_cache_dir, download
+from fewstep_jax.metrics.cache import cached_download, default_cache_dir
 
 Array = jax.Array
 
@@ -511,13 +511,9 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
     """
     cache_dir = cache_dir or default_cache_dir()
     if source.startswith(("http://", "https://")):
-        name = os.path.basename(source.split("?")[0]) or WEIGHTS_FILENAME
-        if source.startswith("https://huggingface.co/"):
-            name = "dinov2-large-" + name  # model.safetensors is too generic a name for the cache
-        dest = os.path.join(cache_dir, name)
-        if not os.path.exists(dest):
-            download(source, dest)
-        return dest
+        # Hugging Face's model.safetensors is too generic a name for the cache.
+        prefix = "dinov2-large-" if source.startswith("https://huggingface.co/") else ""
+        return cached_download(source, cache_dir, WEIGHTS_FILENAME, prefix)
     path = source or os.path.join(cache_dir, WEIGHTS_FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(

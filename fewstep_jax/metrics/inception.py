@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.metrics import torch_pickle
-from fewstep_jax.metrics.cache import default_cache_dir, download
+from fewstep_jax.metrics.cache import cached_download, default_cache_dir
 
 Array = jax.Array
 
@@ -337,10 +337,7 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
     """
     cache_dir = cache_dir or default_cache_dir()
     if source.startswith(("http://", "https://")):
-        dest = os.path.join(cache_dir, os.path.basename(source.split("?")[0]) or WEIGHTS_FILENAME)
-        if not os.path.exists(dest):
-            download(source, dest)
-        return dest
+        return cached_download(source, cache_dir, WEIGHTS_FILENAME)
     path = source or os.path.join(cache_dir, WEIGHTS_FILENAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(

@@ -83,12 +83,7 @@ class DINOv2Config:
     mlp_dim: int = 4096
     patch: int = 14
     pos_grid: int = 37  # stored position embeddings: img_size 518 / patch 14
-    input_size: int = INPUT_SIZE
-
-    @property
-    def grid(self) -> int:
-        """Patches per side at input_size."""
-        return self.input_size // self.patch
+    input_size: int = INPUT_SIZE  # images are resized to this (EDM2: 224, a 16 x 16 patch grid)
 
 
 VIT_L14 = DINOv2Config()
@@ -359,9 +354,15 @@ def preprocess(images: Array, size: int = INPUT_SIZE, dtype: Any = jnp.float32) 
     return (x - jnp.asarray(IMAGENET_MEAN, dtype)) / jnp.asarray(IMAGENET_STD, dtype)
 
 
-def features(params: Any, images: Array, config: DINOv2Config = VIT_L14, dtype: Any = jnp.float32) -> Array:
-    """uint8 images [N, H, W, C] -> CLS features [N, dim] (EDM2's DINOv2Detector); jit it."""
-    net = DINOv2(config, dtype)
+def features(
+    params: Any, images: Array, config: DINOv2Config = VIT_L14, dtype: Any = jnp.float32, precision: Any = _HIGHEST
+) -> Array:
+    """uint8 images [N, H, W, C] -> CLS features [N, dim] (EDM2's DINOv2Detector); jit it.
+
+    precision: of the network's matrix products (HIGHEST: no TF32 / bf16 passes on accelerators;
+    the resize always uses HIGHEST).
+    """
+    net = DINOv2(config, dtype, precision)
     return net.apply({"params": params}, preprocess(images, config.input_size, dtype))
 
 
@@ -529,16 +530,13 @@ def weights_file(source: str = "", cache_dir: str | None = None) -> str:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """The tensors of a DINOv2 weights file: `.safetensors` through the safetensors numpy API, anything
     else as a PyTorch file through torch_pickle (an allow-list unpickler: no code runs)."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.numpy import load_file
+    import safetensors
+    from safetensors.numpy import load_file
 
-            return load_file(path)
-        return torch_pickle.load(path)
-    except (torch_pickle.TorchFileError, OSError, ValueError) as e:
+    try:
+        return load_file(path) if path.endswith(".safetensors") else torch_pickle.load(path)
+    except (torch_pickle.TorchFileError, safetensors.SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"cannot read DINOv2 weights {path}: {e}") from e
-    except Exception as e:  # safetensors reports a malformed header with its own error type
-        raise ValueError(f"cannot read DINOv2 weights {path}: {type(e).__name__}: {e}") from e
 
 
 def load_params(source: str = "", cache_dir: str | None = None, config: DINOv2Config = VIT_L14) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,8 +42,9 @@ class DINOv2Extractor:
     """DINOv2 CLS features of uint8 images (EDM2's DINOv2Detector), batch by batch, sharded over
     local devices; jitted once per batch shape.
 
-    dtype: compute dtype (float32 with Precision.HIGHEST by default; float64 needs jax_enable_x64
-    while the extractor is built and called).
+    dtype: compute dtype (float32 by default; float64 needs jax_enable_x64 while the extractor is
+    built and called). precision: of the network's matrix products (default HIGHEST; anything
+    lower, e.g. TF32 on GPUs, needs its own measured bound against float32).
     """
 
     def __init__(
@@ -52,9 +54,12 @@ class DINOv2Extractor:
         config: dinov2.DINOv2Config = dinov2.VIT_L14,
         batch_size: int = 250,
         dtype: Any = jnp.float32,
+        precision: Any = jax.lax.Precision.HIGHEST,
     ):
         self.config = config
-        self._features = fid.ShardedBatches(lambda p, x: dinov2.features(p, x, config, dtype), params, batch_size)
+        self._features = fid.ShardedBatches(
+            lambda p, x: dinov2.features(p, x, config, dtype, precision), params, batch_size
+        )
         self.batch_size = self._features.batch_size
         self.fingerprint = dinov2.params_fingerprint(params)
 

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from fewstep_jax import data as data_lib
 from fewstep_jax import safe_pickle
-from fewstep_jax.metrics import CombinedEvaluator, dinov2, fd_dinov2, fid
+from fewstep_jax.metrics import dinov2, fd_dinov2, fid
 
 REDUCED = dinov2.REDUCED
 
@@ -367,30 +367,6 @@ def test_dataset_statistics_are_cached_under_the_weights_fingerprint(golden_file
     other = fd_dinov2.DINOv2Extractor(jax.tree.map(lambda a: a * 1.01, params), config=REDUCED, batch_size=16)
     moved, _ = fd_dinov2.dataset_stats(cfg, other, limit=32, cache_dir=str(tmp_path))
     assert moved != path and calls == ["train", "train"]
-
-
-def test_combined_evaluator_reports_fid_and_fd_dinov2_from_the_same_samples():
-    seen = []
-
-    class Stub:
-        def __init__(self, primary, value):
-            self.primary, self.num_samples, self.value = primary, 50_000, value
-
-        def evaluate(self, samples, labels=None):
-            seen.append((self.primary, samples))
-            return {self.primary: self.value * float(samples.sum())}
-
-        def floor(self):
-            return {}
-
-    samples = np.ones((4, 8, 8, 3), np.float32)
-    combined = CombinedEvaluator(Stub("fid", 1.0), Stub("fd_dinov2", 2.0))
-    assert combined.primary == "fid" and combined.num_samples == 50_000
-    assert combined.evaluate(samples) == {"fid": 768.0, "fd_dinov2": 1536.0}
-    assert [name for name, _ in seen] == ["fid", "fd_dinov2"] and all(s is samples for _, s in seen)
-    assert combined.floor() == {}
-    with pytest.raises(ValueError, match=r"same metrics \['fid'\]"):
-        CombinedEvaluator(Stub("fid", 1.0), Stub("fid", 2.0)).evaluate(samples)
 
 
 def test_extractor_takes_uint8_only(params):

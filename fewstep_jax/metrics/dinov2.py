@@ -539,12 +539,65 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"cannot read DINOv2 weights {path}: {e}") from e
 
 
+HEAD_DIM = 64  # every released DINOv2 ViT (S/14, B/14, L/14, g/14) uses 64-wide attention heads
+
+
+def config_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> DINOv2Config:
+    """The DINOv2Config of a hub- or Hugging-Face-named state dict, read off its shapes (the head
+    count as width / 64, the rule of every released DINOv2)."""
+    hf = any(k.startswith(("embeddings.", "encoder.")) for k in state_dict)
+    names = (
+        (
+            "embeddings.cls_token",
+            "embeddings.position_embeddings",
+            "embeddings.patch_embeddings.projection.weight",
+            "encoder.layer.{}.norm1.weight",
+            "encoder.layer.0.mlp.fc1.weight",
+        )
+        if hf
+        else ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.{}.norm1.weight", "blocks.0.mlp.fc1.weight")
+    )
+    cls, pos, patch, block, fc1 = names
+    missing = [n for n in (cls, pos, patch, block.format(0), fc1) if n not in state_dict]
+    if missing:
+        raise ValueError(f"not a DINOv2 state dict: no {missing}")
+    dim = int(np.shape(state_dict[cls])[-1])
+    depth = 0
+    while block.format(depth) in state_dict:
+        depth += 1
+    grid = int(round((np.shape(state_dict[pos])[1] - 1) ** 0.5))
+    if dim % HEAD_DIM:
+        raise ValueError(f"a DINOv2 of width {dim} is not a multiple of the {HEAD_DIM}-wide heads of every release")
+    return DINOv2Config(
+        dim=dim,
+        depth=depth,
+        heads=dim // HEAD_DIM,
+        mlp_dim=int(np.shape(state_dict[fc1])[0]),
+        patch=int(np.shape(state_dict[patch])[-1]),
+        pos_grid=grid,
+    )
+
+
+def load(source: str = "", cache_dir: str | None = None) -> tuple[dict[str, Any], DINOv2Config]:
+    """(params, config) of a DINOv2 weights file in whatever size it holds (config_from_state_dict)."""
+    path = weights_file(source, cache_dir)
+    state_dict = read_state_dict(path)
+    try:
+        config = config_from_state_dict(state_dict)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return _params(path, state_dict, config), config
+
+
 def load_params(source: str = "", cache_dir: str | None = None, config: DINOv2Config = VIT_L14) -> dict[str, Any]:
     """Flax params of DINOv2 from the hub's `dinov2_vitl14_pretrain.pth` or Hugging Face's
     `model.safetensors` (see weights_file for `source`); the naming is recognized from the tensor
     names (Hugging Face's start with `embeddings.` / `encoder.`), whatever the file format."""
     path = weights_file(source, cache_dir)
-    state_dict = read_state_dict(path)
+    return _params(path, read_state_dict(path), config)
+
+
+def _params(path: str, state_dict: Mapping[str, np.ndarray], config: DINOv2Config) -> dict[str, Any]:
     try:
         if any(k.startswith(("embeddings.", "encoder.")) for k in state_dict):
             state_dict = hub_state_dict_from_hf(state_dict, config)

@@ -179,11 +179,15 @@ class FDDinoEvaluator:
         cache_dir: str | None = None,
         params: Any = None,
         reference: tuple[np.ndarray, np.ndarray] | None = None,
-        config: dinov2.DINOv2Config = dinov2.VIT_L14,
+        config: dinov2.DINOv2Config | None = dinov2.VIT_L14,
         dtype: Any = jnp.float32,
     ):
-        if params is None:
+        """config None: the size the weights file holds (dinov2.load)."""
+        if params is None and config is None:
+            params, config = dinov2.load(weights, cache_dir)
+        elif params is None:
             params = dinov2.load_params(weights, cache_dir, config)
+        config = config or dinov2.VIT_L14
         self.extractor = DINOv2Extractor(params, config=config, batch_size=batch_size, dtype=dtype)
         if reference is not None:
             self.stats_path, (self.mu, self.sigma) = "", tuple(np.asarray(a, np.float64) for a in reference)

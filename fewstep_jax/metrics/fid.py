@@ -300,7 +300,14 @@ class FIDEvaluator:
         if params is None:
             params = inception.load_params(weights, cache_dir)
         self.extractor = InceptionExtractor(params, resize=resize, batch_size=batch_size)
-        if stats:
+        if stats.endswith(".pkl"):  # EDM2's dataset-refs file: its 'fid' entry
+            from fewstep_jax.metrics import fd_dinov2
+
+            refs = fd_dinov2.load_edm2_refs(stats)
+            if "fid" not in refs:
+                raise ValueError(f"eval.fid_stats={stats} holds no FID statistics (only {sorted(refs)})")
+            self.stats_path, (self.mu, self.sigma) = stats, refs["fid"]
+        elif stats:
             self.stats_path, (self.mu, self.sigma) = stats, load_stats(stats)
         else:
             self.stats_path, (self.mu, self.sigma) = dataset_stats(data_cfg, self.extractor, cache_dir=cache_dir)

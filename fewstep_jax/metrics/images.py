@@ -132,14 +132,15 @@ class ImageEvaluator:
                 cache_dir=cache_dir,
             )
         if "fd_dinov2" in self.metrics:
-            from fewstep_jax.metrics.dinov2 import FDDinov2Evaluator
+            from fewstep_jax.metrics.fd_dinov2 import FDDinoEvaluator
 
-            self.dino = FDDinov2Evaluator(
+            self.dino = FDDinoEvaluator(
                 data_cfg,
                 weights=getattr(ev, "fd_dinov2_weights", ""),
                 stats=getattr(ev, "fd_dinov2_stats", ""),
                 batch_size=getattr(ev, "fid_batch_size", 250),
                 cache_dir=cache_dir,
+                config=None,  # the size of the weights file (ViT-L/14 for EDM2's protocol)
             )
 
     def evaluate(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
@@ -149,7 +150,7 @@ class ImageEvaluator:
         if self.fid is not None:
             out.update(self.fid.evaluate_images(images))
         if self.dino is not None:
-            out.update(self.dino.evaluate_images(images))
+            out.update(self.dino.evaluate(images))
         return out
 
     def floor(self) -> dict[str, float]:

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from fewstep_jax.data import encode, latents, sources
+from fewstep_jax.metrics import images
 
 
 class PoolEncoder:
@@ -221,3 +222,20 @@ def test_edm2_stores_in_a_folder_or_zip_become_moment_shards(tmp_path):
         np.testing.assert_allclose(stored["moments"][..., 4:], 2 * np.log(std.astype(np.float32)), rtol=1e-5)
         assert stored["labels"].tolist() == [label for _, label in labels]
     assert not encode.is_mean_std_store(str(tmp_path / "images_nowhere"))
+
+
+def test_edm2_reference_pickles_give_the_fid_statistics(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(7)
+    fid = {"mu": rng.standard_normal(2048), "sigma": np.eye(2048) * 2.0}
+    dino = {"mu": rng.standard_normal(1024), "sigma": np.eye(1024)}
+    both, dino_only = tmp_path / "img512.pkl", tmp_path / "dino.pkl"
+    both.write_bytes(pickle.dumps({"fid": fid, "fd_dinov2": dino}, protocol=4))
+    dino_only.write_bytes(pickle.dumps({"fd_dinov2": dino}, protocol=4))
+    mu, sigma = images.edm2_fid_reference(str(both))
+    np.testing.assert_array_equal(mu, fid["mu"])
+    np.testing.assert_array_equal(sigma, fid["sigma"])
+    assert images.edm2_fid_reference(str(tmp_path / "stats.npz")) is None
+    with pytest.raises(ValueError, match=r"holds no FID statistics \(only \['fd_dinov2'\]\)"):
+        images.edm2_fid_reference(str(dino_only))

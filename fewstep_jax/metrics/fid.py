@@ -296,17 +296,14 @@ class FIDEvaluator:
         batch_size: int = 250,
         cache_dir: str | None = None,
         params: Any = None,
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
     ):
+        """reference=(mu, sigma): the reference statistics themselves (e.g. from EDM2's .pkl)."""
         if params is None:
             params = inception.load_params(weights, cache_dir)
         self.extractor = InceptionExtractor(params, resize=resize, batch_size=batch_size)
-        if stats.endswith(".pkl"):  # EDM2's dataset-refs file: its 'fid' entry
-            from fewstep_jax.metrics import fd_dinov2
-
-            refs = fd_dinov2.load_edm2_refs(stats)
-            if "fid" not in refs:
-                raise ValueError(f"eval.fid_stats={stats} holds no FID statistics (only {sorted(refs)})")
-            self.stats_path, (self.mu, self.sigma) = stats, refs["fid"]
+        if reference is not None:
+            self.stats_path, (self.mu, self.sigma) = stats, tuple(np.asarray(a, np.float64) for a in reference)
         elif stats:
             self.stats_path, (self.mu, self.sigma) = stats, load_stats(stats)
         else:

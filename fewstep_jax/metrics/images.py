@@ -107,6 +107,19 @@ def latent_decoder(data_cfg: Any, ev: Any) -> LatentDecoder | None:
     return _DECODERS[key]
 
 
+def edm2_fid_reference(stats: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The FID (mu, sigma) of EDM2's dataset-refs .pkl named by eval.fid_stats (None for another
+    file: FIDEvaluator reads .npz statistics itself)."""
+    if not stats.endswith(".pkl"):
+        return None
+    from fewstep_jax.metrics import fd_dinov2
+
+    refs = fd_dinov2.load_edm2_refs(stats)
+    if "fid" not in refs:
+        raise ValueError(f"eval.fid_stats={stats} holds no FID statistics (only {sorted(refs)})")
+    return refs["fid"]
+
+
 class ImageEvaluator:
     """FID / IS and FD-DINOv2 of samples (module doc); primary: the first of eval.metrics."""
 
@@ -123,10 +136,12 @@ class ImageEvaluator:
         if "fid" in self.metrics:
             from fewstep_jax.metrics.fid import FIDEvaluator
 
+            stats = getattr(ev, "fid_stats", "")
             self.fid = FIDEvaluator(
                 data_cfg,
                 weights=getattr(ev, "fid_weights", ""),
-                stats=getattr(ev, "fid_stats", ""),
+                stats=stats,
+                reference=edm2_fid_reference(stats),
                 resize=getattr(ev, "fid_resize", "tf1"),
                 batch_size=getattr(ev, "fid_batch_size", 250),
                 cache_dir=cache_dir,

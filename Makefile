@@ -9,7 +9,7 @@ PYTEST_ARGS  ?= -n 2
 BENCH_ARGS   ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: install demo test bench reproduce clean
+.PHONY: install demo test bench bench-latent reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
@@ -35,6 +35,13 @@ test: $(STAMP)
 # More: make bench BENCH_ARGS='--rounds=20 --steps=4 --batch=128', or --network=ddpmpp / dit_b2 on a GPU.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Throughput of the latent path: VAE encode / decode, DINOv2 and Inception features at full size
+# (random weights), with compile time, XLA's memory plan and the cost of FID-50k of a latent model;
+# writes benchmarks/results/latent_bench_<machine>.{json,md}. On a GPU:
+# make bench-latent LATENT_BENCH_ARGS='--batches=32,64,128 --precisions=fp32_highest,fp32,bf16'
+bench-latent: $(STAMP)
+	$(BIN)/python benchmarks/latent_bench.py $(LATENT_BENCH_ARGS)
 
 # Every method on toy2d and digits with the same network and budget, evaluated at 1-8 NFE (and the
 # baselines to 64): docs/REPRODUCTION.md and its pictures. About 85 min on 2 CPU cores; runs go to

@@ -36,7 +36,6 @@ import concurrent.futures
 import gc
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -220,17 +219,6 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
         return xs[0], xs[0], xs[0]
     q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     return q1, statistics.median(xs), q3
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def machine_tag(machine: dict) -> str:
-    if machine["platform"] == "cpu":
-        return f"cpu{machine['cpu_count']}-{slug(machine['cpu_model'])}"
-    count = machine["device_count"]
-    return slug(machine["device_kind"]) + (f"-x{count}" if count > 1 else "")
 
 
 def method_row(
@@ -437,7 +425,7 @@ def main(argv):
         "mfu_target": MFU_TARGETS.get(FLAGS.network),
         **measured,
     }
-    tag = FLAGS.tag or f"{machine_tag(report['machine'])}-{FLAGS.network}"
+    tag = FLAGS.tag or f"{harness.machine_slug(report['machine'])}-{FLAGS.network}"
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     base = os.path.join(FLAGS.out_dir, f"bench_{tag}")
     with open(base + ".json", "w") as f:

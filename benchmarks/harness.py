@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import resource
 import sys
 import time
@@ -201,6 +202,18 @@ def describe_machine() -> dict:
         f"Python {machine['python']}"
     )
     return machine
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_slug(machine: dict) -> str:
+    """A file-name tag of the machine: cpu<cores>-<model>, or the accelerator kind and count."""
+    if machine["platform"] == "cpu":
+        return f"cpu{machine['cpu_count']}-{slug(machine['cpu_model'])}"
+    count = machine["device_count"]
+    return slug(machine["device_kind"]) + (f"-x{count}" if count > 1 else "")
 
 
 def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:

@@ -239,3 +239,25 @@ def test_edm2_reference_pickles_give_the_fid_statistics(tmp_path):
     assert images.edm2_fid_reference(str(tmp_path / "stats.npz")) is None
     with pytest.raises(ValueError, match=r"holds no FID statistics \(only \['fd_dinov2'\]\)"):
         images.edm2_fid_reference(str(dino_only))
+
+
+def test_prepare_command_line_names_what_is_missing(tmp_path):
+    """The encoding flags of `python -m fewstep_jax.data.prepare`: one-line errors, nothing written."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    make_folder(tmp_path / "images", 2, np.random.default_rng(8))
+    base = [sys.executable, "-m", "fewstep_jax.data.prepare", "--dataset=celebahq256_latents"]
+    base += [f"--manual_dir={tmp_path / 'images'}", f"--data_dir={tmp_path / 'tfds'}"]
+    cases = [
+        ([], "needs --latent_preset, one of sd, edm2, scm, imf"),
+        (["--latent_preset=sd"], "encoding them needs --vae_weights"),
+        (["--latent_preset=sd", f"--vae_weights={tmp_path / 'missing.safetensors'}"], "missing.safetensors"),
+    ]
+    for extra, message in cases:
+        run = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+    assert not (tmp_path / "tfds" / "fewstep_celebahq256_latents" / "1.0.0").exists()

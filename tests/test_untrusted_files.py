@@ -23,6 +23,7 @@ from fewstep_jax.data import formats, prepare, sources, tfds_reader
 from fewstep_jax.metrics import dinov2, fd_dinov2, fid, inception, torch_pickle
 from fewstep_jax.models import vae
 from fewstep_jax.models.pretrained import dit as pretrained_dit
+from fewstep_jax.models.pretrained import network_pickle
 
 EXEC = r"(__builtin__|builtins)\.exec"  # protocol 2 writes Python 2's module name
 
@@ -137,6 +138,105 @@ def test_edm2_reference_pickle_with_an_object_array_is_refused(tmp_path, marker)
     path.write_bytes(pickle.dumps({"fd_dinov2": {"mu": mu, "sigma": np.eye(1)}}, protocol=4))
     with pytest.raises(safe_pickle.PickleRefused, match="object"):
         fd_dinov2.load_edm2_refs(str(path))
+
+
+# ---------------------------------------------------------------------------- NVlabs network pickles (EDM, EDM2)
+
+
+def _persistent_pickle(monkeypatch, path, meta_fn, protocol=4) -> None:
+    """Write a network pickle as NVlabs' torch_utils/persistence.py does: {'ema': a call
+    `torch_utils.persistence._reconstruct_persistent_obj(meta)`}, meta from meta_fn()."""
+    import sys
+    import types
+
+    package, module = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):  # what persistence does: compile and run module_src
+        namespace = {}
+        exec(compile(meta["module_src"], "<module_src>", "exec"), namespace)
+        return namespace[meta["class_name"]]
+
+    _reconstruct_persistent_obj.__module__ = module.__name__
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    package.persistence = module
+    monkeypatch.setitem(sys.modules, "torch_utils", package)
+    monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+
+    class Persistent:
+        def __reduce__(self):
+            return _reconstruct_persistent_obj, (meta_fn(),)
+
+    path.write_bytes(pickle.dumps({"ema": Persistent()}, protocol=protocol))
+    return module
+
+
+def _meta(module_src: str, state=None) -> dict:
+    return dict(type="class", version=6, module_src=module_src, class_name="EDMPrecond", state=state or {})
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_network_pickle_module_source_is_never_run(tmp_path, monkeypatch, marker, protocol):
+    """A persistent object's module_src is exactly what pickle.load would execute; the reader
+    records the object and never compiles it, and the importer then refuses the incomplete network."""
+    source = f"open({str(marker)!r}, 'w').write('code ran')\nclass EDMPrecond: pass\n"
+    path = tmp_path / "edm-cifar10-32x32-uncond-vp.pkl"
+    _persistent_pickle(monkeypatch, path, lambda: _meta(source), protocol)
+    pickle.loads(path.read_bytes())  # live: plain pickle (with persistence's reconstructor) runs it
+    assert marker.exists()
+    marker.unlink()
+
+    data = network_pickle.load(path)
+    assert data["ema"].class_name == "EDMPrecond" and not marker.exists()
+
+
+def test_network_pickle_asking_for_os_system_is_refused(tmp_path, monkeypatch, marker):
+    state = {"_init_kwargs": {"img_resolution": 32}, "hook": Calls(os.system, f"touch {marker}")}
+    path = tmp_path / "net.pkl"
+    _persistent_pickle(monkeypatch, path, lambda: _meta("class EDMPrecond: pass\n", state))
+    with pytest.raises(network_pickle.NetworkPickleError, match=r"net.pkl: refusing to unpickle (posix|os|nt)\.system"):
+        network_pickle.load(path)
+
+
+def test_network_pickle_with_code_in_a_tensor_storage_is_refused(tmp_path, monkeypatch, marker):
+    """A storage is the bytes of a nested torch.save, read by the torch file reader's allow-list."""
+    import sys
+    import types
+
+    storage_module = types.ModuleType("torch.storage")
+
+    def _load_from_bytes(b):
+        raise AssertionError("never called while writing")
+
+    _load_from_bytes.__module__, _load_from_bytes.__qualname__ = "torch.storage", "_load_from_bytes"
+    storage_module._load_from_bytes = _load_from_bytes
+    monkeypatch.setitem(sys.modules, "torch.storage", storage_module)
+    if "torch" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    evil = pickle.dumps(Exploit(marker), protocol=2)
+    state = {"_parameters": {"weight": Calls(_load_from_bytes, evil)}}
+    path = tmp_path / "net.pkl"
+    _persistent_pickle(monkeypatch, path, lambda: _meta("", state))
+    refused = "tensor storage inside it.*refusing to unpickle " + EXEC
+    with pytest.raises(network_pickle.NetworkPickleError, match=refused):
+        network_pickle.load(path)
+
+
+def test_network_pickle_constructor_arguments_must_be_plain(tmp_path, monkeypatch):
+    state = {"_init_kwargs": {"img_resolution": 32, "table": np.arange(3)}}
+    path = tmp_path / "net.pkl"
+    _persistent_pickle(monkeypatch, path, lambda: _meta("", state))
+    ema = network_pickle.load(path)["ema"]
+    with pytest.raises(ValueError, match=r"constructor arguments of EDMPrecond hold a ndarray at \['table'\]"):
+        ema.kwargs
+
+
+def test_network_pickle_that_is_a_torch_zip_is_named(tmp_path):
+    path = tmp_path / "DiT-XL-2-256x256.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    with pytest.raises(network_pickle.NetworkPickleError, match=r"torch.save \(zip\) file, not an NVlabs network"):
+        network_pickle.load(path)
 
 
 # ---------------------------------------------------------------------------- .npz files (numpy refuses object arrays)

@@ -21,6 +21,7 @@ checkpoint with 'model' / 'ema' / 'opt' / 'args' entries).
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zipfile
@@ -127,8 +128,8 @@ def _check_storage_type(storage_type: Any) -> _StorageType:
     return storage_type
 
 
-def _load_zip(path: str) -> Any:
-    with zipfile.ZipFile(path) as archive:
+def _load_zip(file: str | BinaryIO, path: str) -> Any:
+    with zipfile.ZipFile(file) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise TorchFileError(f"{path}: a PyTorch zip file has exactly one <name>/data.pkl, found {pickles}")
@@ -151,40 +152,67 @@ def _load_zip(path: str) -> Any:
             return _Unpickler(f, load_storage, path).load()
 
 
-def _load_legacy(path: str) -> Any:
-    with open(path, "rb") as f:
-        try:
-            magic = _plain_pickle(f, "its header")
-            protocol = _plain_pickle(f, "its header")
-            _plain_pickle(f, "its header")  # system info (byte order, type sizes)
-        except TorchFileError as e:  # not a pickle stream at all, or one asking for code
-            raise TorchFileError(f"{path} is not a PyTorch file ({e})") from None
-        if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL:
-            raise TorchFileError(f"{path} is not a PyTorch legacy-format file (magic {magic!r}, protocol {protocol!r})")
-        pending: dict[str, tuple[np.dtype, int]] = {}
-        storages: dict[str, np.ndarray] = {}
+def _load_legacy(f: BinaryIO, path: str) -> Any:
+    try:
+        magic = _plain_pickle(f, "its header")
+        protocol = _plain_pickle(f, "its header")
+        _plain_pickle(f, "its header")  # system info (byte order, type sizes)
+    except TorchFileError as e:  # not a pickle stream at all, or one asking for code
+        raise TorchFileError(f"{path} is not a PyTorch file ({e})") from None
+    if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL:
+        raise TorchFileError(f"{path} is not a PyTorch legacy-format file (magic {magic!r}, protocol {protocol!r})")
+    pending: dict[str, tuple[np.dtype, int]] = {}
+    storages: dict[str, np.ndarray] = {}
 
-        def load_storage(data: tuple) -> np.ndarray:
-            storage_type, key, _location, numel, view = data[:5]
-            if view is not None:
-                raise TorchFileError(f"{path}: storage views of the pre-1.0 format are not supported")
-            dtype = _check_storage_type(storage_type).dtype
-            pending.setdefault(key, (dtype, int(numel)))
-            # The bytes follow the object pickle: hand out a placeholder filled in below.
-            return storages.setdefault(key, np.empty(int(numel), dtype))
+    def load_storage(data: tuple) -> np.ndarray:
+        storage_type, key, _location, numel, view = data[:5]
+        if view is not None:
+            raise TorchFileError(f"{path}: storage views of the pre-1.0 format are not supported")
+        dtype = _check_storage_type(storage_type).dtype
+        pending.setdefault(key, (dtype, int(numel)))
+        # The bytes follow the object pickle: hand out a placeholder filled in below.
+        return storages.setdefault(key, np.empty(int(numel), dtype))
 
-        obj = _Unpickler(f, load_storage, path).load()
-        keys = _plain_pickle(f, f"{path} (storage keys)")
-        for key in keys:
-            dtype, numel = pending[key]
-            (count,) = struct.unpack("<q", f.read(8))
-            if count != numel:
-                raise TorchFileError(f"{path}: storage {key} has {count} elements on disk, expected {numel}")
-            raw = f.read(count * dtype.itemsize)
-            if len(raw) != count * dtype.itemsize:
-                raise TorchFileError(f"{path}: truncated file (storage {key})")
-            storages[key][...] = np.frombuffer(raw, dtype=dtype)
-        return obj
+    obj = _Unpickler(f, load_storage, path).load()
+    keys = _plain_pickle(f, f"{path} (storage keys)")
+    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(pending):
+        raise TorchFileError(f"{path}: its storage key list {keys!r} does not name the storages its tensors use")
+    for key in keys:
+        dtype, numel = pending[key]
+        head = f.read(8)
+        if len(head) != 8:
+            raise TorchFileError(f"{path}: truncated file (storage {key})")
+        (count,) = struct.unpack("<q", head)
+        if count != numel:
+            raise TorchFileError(f"{path}: storage {key} has {count} elements on disk, expected {numel}")
+        raw = f.read(count * dtype.itemsize)
+        if len(raw) != count * dtype.itemsize:
+            raise TorchFileError(f"{path}: truncated file (storage {key})")
+        storages[key][...] = np.frombuffer(raw, dtype=dtype)
+    return obj
+
+
+def _load_object(f: BinaryIO, source: str) -> Any:
+    """The object of a torch.save stream in either format, tensors and storages as numpy arrays."""
+    if zipfile.is_zipfile(f):
+        f.seek(0)
+        return _load_zip(f, source)
+    f.seek(0)
+    return _load_legacy(f, source)
+
+
+def loads(data: bytes, *, source: str) -> Any:
+    """The object of a torch.save payload held in memory, read like `load` reads a file, but
+    returned as it is: a state dict, a tensor, or a bare storage (a flat numpy array of the
+    storage's dtype). A plain pickle of PyTorch objects (NVlabs' network pickles,
+    models/pretrained/network_pickle.py) carries each storage this way, as the bytes of a
+    nested legacy-format torch.save that `torch.storage._load_from_bytes` would read.
+
+    `source` names the payload in error messages. Raises TorchFileError.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise TorchFileError(f"{source}: expected the bytes of a torch.save payload, got {type(data).__name__}")
+    return _load_object(io.BytesIO(data), source)
 
 
 def load_object(path: str | os.PathLike[str]) -> Any:
@@ -194,7 +222,8 @@ def load_object(path: str | os.PathLike[str]) -> Any:
     Raises TorchFileError for a file this reader refuses (see the module docstring).
     """
     path = os.fspath(path)
-    return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    with open(path, "rb") as f:
+        return _load_object(f, path)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -214,4 +243,3 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             continue  # non-tensor entries (e.g. version numbers) carry no weights
         out[str(name)] = np.array(value, order="C")  # own, writable, contiguous (also for 0-d)
     return out
-

@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
     variant = VARIANTS.parse(arg)
     c = recipes.cifar10(conditional=variant.name == "cond")
     c.model.emb_norm = "additive"  # DDPM++ as in EDM (adaptive_scale=False; no sCM changes)
+    c.model.label_embed = "onehot_linear"  # EDM's label input (SongUNet map_label)
     c.method = recipes.edm(sigma_min=0.002, sigma_max=80.0)
     c.optim.warmup_steps = 19_531  # 10 Mimg at batch 512
     c.train.num_steps = 390_625  # 200 Mimg

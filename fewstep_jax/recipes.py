@@ -371,10 +371,11 @@ def scm_toy2d() -> ConfigDict:
 
 def ect_cifar10(conditional: bool = False) -> ConfigDict:
     """ECT on CIFAR-10 (Geng et al. 2024, official code): from the EMA of EDM's DDPM++ (additive
-    embedding, runs/edm_cifar), dropout 0.2, RAdam 1e-4 (0.9, 0.999), batch 128, 400k iterations,
-    EMA 0.9999; 1- and 2-step Euler evaluation."""
+    embedding and EDM's label input, as configs/edm_cifar.py and the released EDM files), dropout
+    0.2, RAdam 1e-4 (0.9, 0.999), batch 128, 400k iterations, EMA 0.9999; 1- and 2-step Euler
+    evaluation."""
     c = cifar10(conditional)
-    c.model.update(dict(emb_norm="additive", dropout=0.2))
+    c.model.update(dict(emb_norm="additive", label_embed="onehot_linear", dropout=0.2))
     c.method = ect()
     c.optim.update(dict(name="radam", lr=1e-4, b1=0.9, b2=0.999, schedule="constant", warmup_steps=0))
     c.train.update(dict(num_steps=400_000, batch_size=128, ema_decays=(0.9999,), ema_halflives=()))

@@ -206,16 +206,66 @@ def _evaluate(net, module, family: str, channels: int, num_classes: int) -> dict
                 denoised = net64(*args, labels)
             assert denoised.dtype == torch.float64
             out["denoised"] = denoised.permute(0, 2, 3, 1).numpy()
-            # What the suite's network holds: the denoiser's parameters (EDM: without the
-            # augmentation map; EDM2: the UNet's, plus its MPFourier frequencies and phases).
-            if family == "edm":
-                kept = {k: v for k, v in net.model.named_parameters() if not k.startswith("map_augment.")}
-            else:
-                kept = {**dict(net.unet.named_parameters()), **dict(net.unet.emb_fourier.named_buffers())}
-            out["num_params"] = np.array(sum(v.numel() for v in kept.values()))
+            out["num_params"] = np.array(kept_parameters(net, family))
     finally:
         module.torch = saved
         torch.set_default_dtype(default)
+    return out
+
+
+#: Released files whose full-size parameter counts the tests compare with: file -> constructor
+#: arguments (EDM train.py --arch=ddpmpp for CIFAR-10; EDM2 train_edm2.py presets).
+_CIFAR10_DDPMPP = {
+    **EDM_KWARGS,
+    "img_resolution": 32,
+    "img_channels": 3,
+    "channel_mult_noise": 1,
+    "model_channels": 128,
+    "channel_mult": [2, 2, 2],
+    "num_blocks": 4,
+    "attn_resolutions": [16],
+}
+RELEASED = {
+    "edm-cifar10-32x32-uncond-vp.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=0, **_CIFAR10_DDPMPP),
+    "edm-cifar10-32x32-cond-vp.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=10, **_CIFAR10_DDPMPP),
+    "edm2-img512-xs-2147483-0.135.pkl": dict(
+        class_name="training.networks_edm2.Precond",
+        img_resolution=64,
+        img_channels=4,
+        label_dim=1000,
+        model_channels=128,
+        dropout=0.0,
+    ),
+    "edm2-img64-s-1073741-0.075.pkl": dict(
+        class_name="training.networks_edm2.Precond",
+        img_resolution=64,
+        img_channels=3,
+        label_dim=1000,
+        model_channels=192,
+        dropout=0.0,
+    ),
+}
+
+
+def kept_parameters(net, family: str) -> int:
+    """What the suite's network holds of a reference network: the denoiser's parameters (EDM:
+    without the augmentation map; EDM2: the UNet's, plus its MPFourier frequencies and phases)."""
+    if family == "edm":
+        kept = {k: v for k, v in net.model.named_parameters() if not k.startswith("map_augment.")}
+    else:
+        kept = {**dict(net.unet.named_parameters()), **dict(net.unet.emb_fourier.named_buffers())}
+    return sum(v.numel() for v in kept.values())
+
+
+def released_counts(family: str) -> dict[str, np.ndarray]:
+    import dnnlib
+
+    out = {}
+    for file, kwargs in RELEASED.items():
+        if file.startswith(family + "-"):
+            net = dnnlib.util.construct_class_by_name(**kwargs)
+            out[f"released/{file}/num_params"] = np.array(kept_parameters(net, family))
+            del net
     return out
 
 
@@ -262,7 +312,7 @@ def write_edm(source: str, tmp: str) -> dict[str, np.ndarray]:
             pickle.dump(data, f)
         for key, value in _evaluate(data["ema"], training.networks, "edm", channels, num_classes).items():
             out[f"{file}/{key}"] = value
-    return out
+    return {**out, **released_counts("edm")}
 
 
 def write_edm2(source: str, tmp: str) -> dict[str, np.ndarray]:
@@ -301,7 +351,7 @@ def write_edm2(source: str, tmp: str) -> dict[str, np.ndarray]:
             pickle.dump(data, f)
         for key, value in _evaluate(data.ema, training.networks_edm2, "edm2", channels, num_classes).items():
             out[f"{file}/{key}"] = value
-    return out
+    return {**out, **released_counts("edm2")}
 
 
 def main() -> None:

@@ -188,6 +188,10 @@ def test_network_pickle_module_source_is_never_run(tmp_path, monkeypatch, marker
 
     data = network_pickle.load(path)
     assert data["ema"].class_name == "EDMPrecond" and not marker.exists()
+    from fewstep_jax.models import pretrained
+
+    with pytest.raises(ValueError, match="edm-cifar10-32x32-uncond-vp.pkl: .*EDMPrecond.*no 'model'"):
+        pretrained.import_file(path)
 
 
 def test_network_pickle_asking_for_os_system_is_refused(tmp_path, monkeypatch, marker):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from fewstep_jax.models.dit import DIT_SIZES, DiT
 from fewstep_jax.models.edm2 import EDM2, EDM2_SIZES
+from fewstep_jax.models.layers import LABEL_EMBEDS, TIME_MAPS
 from fewstep_jax.models.mlp import MLP
 from fewstep_jax.models.unet import (
     DECODER_ATTNS,
@@ -126,6 +127,17 @@ def _float(cfg: Mapping[str, Any], key: str, *, zero_ok: bool = False) -> float:
     return value
 
 
+def _choice(cfg: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    if cfg[key] not in allowed:
+        raise ValueError(f"model.{key} must be one of {list(allowed)}, got {cfg[key]!r}")
+    return cfg[key]
+
+
+def _time_map(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """time_map / time_map_sigma_d (layers.map_time), checked."""
+    return dict(time_map=_choice(cfg, "time_map", TIME_MAPS), time_map_sigma_d=_float(cfg, "time_map_sigma_d"))
+
+
 def _fir_filter(cfg: Mapping[str, Any]) -> tuple[int, ...]:
     taps = tuple(cfg["resample_filter"])
     if len(taps) < 2 or len(taps) % 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in taps):
@@ -171,6 +183,8 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         decoder_attn=cfg["decoder_attn"],
         norm_eps=_float(cfg, "norm_eps"),
         min_group_size=_positive_int(cfg, "min_group_size"),
+        label_embed=_choice(cfg, "label_embed", LABEL_EMBEDS),
+        **_time_map(cfg),
     )
 
 
@@ -263,6 +277,8 @@ def _make_edm2(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         use_d=bool(cfg["use_d"]),
         num_classes=num_classes,
         dtype=_dtype(cfg),
+        fourier_params=bool(cfg["fourier_params"]),
+        **_time_map(cfg),
         **balances,
     )
 
@@ -280,7 +296,8 @@ REGISTRY: dict[str, NetworkSpec] = {
             name="unet", channels=64, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(),
             dropout=0.0, emb_dim=0, time_scale=1.0, use_d=False, num_groups=32, num_heads=1,
             dtype="float32", emb_norm="adaptive_scale", resample="conv", resample_filter=(1, 1),
-            decoder_attn="all", norm_eps=1e-5, min_group_size=1,
+            decoder_attn="all", norm_eps=1e-5, min_group_size=1, label_embed="table", time_map="identity",
+            time_map_sigma_d=0.5,
         ),
         make=_make_unet,
     ),
@@ -299,7 +316,7 @@ REGISTRY: dict[str, NetworkSpec] = {
             attn_resolutions=(16, 8), dropout=0.0, dropout_res=0, channels_per_head=64,
             res_balance=0.3, attn_balance=0.3, clip_act=256.0, label_balance=0.5,
             concat_balance=0.5, fourier_bandwidth=1.0, time_scale=1.0, use_d=False,
-            dtype="float32",
+            dtype="float32", fourier_params=False, time_map="identity", time_map_sigma_d=0.5,
         ),
         make=_make_edm2,
     ),

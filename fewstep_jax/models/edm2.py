@@ -217,16 +217,32 @@ class Block(nn.Module):
         return x
 
 
-def label_onehot(y: Array, num_classes: int) -> Array:
-    """One-hot labels scaled by sqrt(num_classes) (unit magnitude, EDM2's label input); the NULL id
-    num_classes is the all-zero vector (EDM2's unconditional input). Ids outside 0..num_classes
-    give NaN rows, so a bad label is loud. y int [B] -> [B, num_classes] float32."""
-    y = jnp.asarray(y)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
-    valid = (y >= 0) & (y <= num_classes)
-    onehot = jax.nn.one_hot(y, num_classes, dtype=jnp.float32) * math.sqrt(num_classes)
-    return jnp.where(valid[:, None], onehot, jnp.nan)
+def label_onehot(y: Array, num_classes: int, dtype: Any = jnp.float32) -> Array:
+    """EDM2's label input: layers.scaled_onehot (sqrt(num_classes) * one-hot, NULL -> zeros)."""
+    return layers.scaled_onehot(y, num_classes, dtype)
+
+
+class MPFourier(nn.Module):
+    """mp_fourier with its frequencies and phases held as parameters `freqs`, `phases` [channels]
+    (initialized to fourier_constants(channels, bandwidth, seed)) instead of constants: how an
+    imported EDM2 network carries the ones drawn when it was built (EDM2's MPFourier buffers).
+    Gradients never reach them (stop_gradient); with no gradient, Adam-type updates leave them
+    unchanged (not weight decay: use them with optimizers without it).
+    [B] -> [B, channels], at least float32."""
+
+    channels: int
+    bandwidth: float = 1.0
+    seed: int = TIME_SEED
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        freqs, phases = fourier_constants(self.channels, self.bandwidth, self.seed)
+        freqs = self.param("freqs", lambda *_: jnp.asarray(freqs, jnp.float32))
+        phases = self.param("phases", lambda *_: jnp.asarray(phases, jnp.float32))
+        x = jnp.asarray(x)
+        x = x.astype(layers.at_least_float32(x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32))
+        freqs, phases = (jax.lax.stop_gradient(v).astype(x.dtype) for v in (freqs, phases))
+        return math.sqrt(2.0) * jnp.cos(x[:, None] * freqs + phases)
 
 
 class EDM2(nn.Module):
@@ -238,8 +254,12 @@ class EDM2(nn.Module):
     res_balance, attn_balance, clip_act (0 disables), label_balance, concat_balance,
     fourier_bandwidth (MPFourier frequency scale), time_scale (t is multiplied before MPFourier),
     use_d, num_classes (0 = unconditional; id num_classes is NULL), dtype (computation dtype;
-    params float32). Embedding widths as EDM2: noise features channels * channel_mult[0],
-    embedding channels * max(channel_mult).
+    params float32), fourier_params (the time embedding's MPFourier frequencies and phases are
+    parameters `emb_fourier/freqs`, `emb_fourier/phases` (MPFourier) rather than seeded
+    constants: imported EDM2 networks carry the released ones), time_map / time_map_sigma_d
+    (layers.map_time: 'edm_as_trigflow' runs an EDM-preconditioned network as a TrigFlow one).
+    Embedding widths as EDM2: noise features channels * channel_mult[0], embedding channels *
+    max(channel_mult).
     """
 
     channels: int = 192
@@ -259,6 +279,9 @@ class EDM2(nn.Module):
     use_d: bool = False
     num_classes: int = 0
     dtype: Any = jnp.float32
+    fourier_params: bool = False
+    time_map: str = "identity"
+    time_map_sigma_d: float = 0.5
 
     # The training loop's post-update projection (models.param_projection).
     project_params = staticmethod(project_params)
@@ -271,7 +294,11 @@ class EDM2(nn.Module):
         batch = t.shape[0]
         noise_dim = self.channels * self.channel_mult[0]
         emb_dim = self.channels * max(self.channel_mult)
-        features = mp_fourier(self.time_scale * t, noise_dim, self.fourier_bandwidth, TIME_SEED)
+        c_noise = self.time_scale * layers.map_time(t, self.time_map, self.time_map_sigma_d)
+        if self.fourier_params:
+            features = MPFourier(noise_dim, self.fourier_bandwidth, TIME_SEED, name="emb_fourier")(c_noise)
+        else:
+            features = mp_fourier(c_noise, noise_dim, self.fourier_bandwidth, TIME_SEED)
         emb = MPConv(emb_dim, (), features.dtype, name="emb_noise")(features)
         d = layers.second_scalar(t, d, self.use_d)
         if d is not None:
@@ -279,7 +306,7 @@ class EDM2(nn.Module):
             emb = mp_sum(emb, MPConv(emb_dim, (), emb.dtype, name="emb_d")(features.astype(emb.dtype)))
         if self.num_classes > 0:
             y = layers.labels_or_null(y, batch, self.num_classes)
-            onehot = label_onehot(y, self.num_classes).astype(emb.dtype)
+            onehot = label_onehot(y, self.num_classes, emb.dtype)
             emb = mp_sum(emb, MPConv(emb_dim, (), emb.dtype, name="emb_label")(onehot), self.label_balance)
         return mp_silu(emb)
 
@@ -348,4 +375,4 @@ class EDM2(nn.Module):
 
         out_gain = self.param("out_gain", nn.initializers.zeros, (), jnp.float32)
         out = MPConv(x.shape[-1], (3, 3), self.dtype, name="out_conv")(h, gain=out_gain)
-        return out.astype(out_dtype)
+        return layers.map_output(out.astype(out_dtype), self.time_map)

@@ -41,9 +41,7 @@ def at_least_float32(dtype: Dtype) -> Dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def positional_embedding(
-    t: Array, dim: int, max_period: float = 10000.0, *, endpoint: bool = True
-) -> Array:
+def positional_embedding(t: Array, dim: int, max_period: float = 10000.0, *, endpoint: bool = True) -> Array:
     """Sinusoidal positional embedding of a scalar per example (Vaswani et al. 2017; EDM
     `PositionalEmbedding`, Karras et al. 2022 App. F.2; sCM sec. 4.1 uses it for c_noise(t) = t).
 
@@ -143,7 +141,11 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
     if mode == "down":
         kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
         return jax.lax.conv_general_dilated(
-            x, kernel, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=dims,
+            x,
+            kernel,
+            (2, 2),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=dims,
             feature_group_count=channels,
         )
     # Transposed convolution = correlation of the 2x-dilated input with the flipped kernel.
@@ -151,8 +153,13 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
     kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
     edge = size - 1 - pad
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), ((edge, edge), (edge, edge)), lhs_dilation=(2, 2),
-        dimension_numbers=dims, feature_group_count=channels,
+        x,
+        kernel,
+        (1, 1),
+        ((edge, edge), (edge, edge)),
+        lhs_dilation=(2, 2),
+        dimension_numbers=dims,
+        feature_group_count=channels,
     )
 
 
@@ -208,7 +215,7 @@ class TimestepEmbedder(nn.Module):
     `map_layer1`) and sCM sec. 4.1 (c_noise(t) = t, positional, no random Fourier features).
     Computed in at least float32 regardless of the network's computation dtype.
 
-    __call__(t [B]) -> [B, features].
+    __call__(t [B], pre [B, freq_dim] | None) -> [B, features].
     """
 
     features: int
@@ -218,7 +225,9 @@ class TimestepEmbedder(nn.Module):
     endpoint: bool = True
 
     @nn.compact
-    def __call__(self, t: Array) -> Array:
+    def __call__(self, t: Array, pre: Array | None = None) -> Array:
+        """`pre` [B, freq_dim], optional, is added to the positional embedding before the MLP
+        (EDM's SongUNet adds its label projection there)."""
         t = jnp.asarray(t)
         dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
         if t.ndim != 1:
@@ -226,6 +235,8 @@ class TimestepEmbedder(nn.Module):
         h = positional_embedding(
             self.time_scale * t.astype(dtype), self.freq_dim, self.max_period, endpoint=self.endpoint
         )
+        if pre is not None:
+            h = h + pre.astype(dtype)
         h = nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_0")(h)
         h = nn.silu(h)
         return nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_1")(h)
@@ -278,6 +289,52 @@ def second_scalar(t: Array, d: Array | None, use_d: bool) -> Array | None:
     return d
 
 
+#: How a network's ConditioningEmbedding takes class labels (see ConditioningEmbedding).
+LABEL_EMBEDS = ("table", "onehot_linear")
+
+#: What a network feeds its noise embedding, given the method's time t (`map_time`).
+TIME_MAPS = ("identity", "edm_as_trigflow")
+
+
+def scaled_onehot(y: Array, num_classes: int, dtype: Dtype = jnp.float32) -> Array:
+    """One-hot labels scaled by sqrt(num_classes) (unit magnitude; EDM's and EDM2's label input);
+    the NULL id num_classes is the all-zero vector (their input without a label). Ids outside
+    0..num_classes give NaN rows, so a bad label is loud. y int [B] -> [B, num_classes] `dtype`."""
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
+    valid = (y >= 0) & (y <= num_classes)
+    onehot = jax.nn.one_hot(y, num_classes, dtype=dtype) * jnp.asarray(math.sqrt(num_classes), dtype)
+    return jnp.where(valid[:, None], onehot, jnp.nan)
+
+
+def map_time(t: Array, time_map: str, sigma_d: float) -> Array:
+    """The scalar a network embeds for the method's time t (TIME_MAPS):
+
+      'identity'         t itself (the network's time_scale multiplies it afterwards);
+      'edm_as_trigflow'  c_noise = ln(sigma_d tan t) / 4: an EDM-preconditioned network
+                         (Karras et al. 2022, Table 1) used as a TrigFlow one (sCM, Lu & Song
+                         2024, sec. 3); with `map_output` negating its output this is exact.
+
+    Why it is exact: with sigma = sigma_d tan t and x_t = cos(t) x_sigma, EDM's c_in x_sigma =
+    x_t / sigma_d (TrigFlow's input), c_skip = cos^2 t, c_out = sigma_d sin t, so EDM's denoiser
+    D = cos(t) x_t + sigma_d sin(t) F_edm(x_t / sigma_d, c_noise) equals TrigFlow's
+    f = cos(t) x_t - sigma_d sin(t) F_trig(x_t / sigma_d, t) when F_trig = -F_edm.
+    t must lie in (0, pi/2) for that map (c_noise is infinite at the ends)."""
+    if time_map not in TIME_MAPS:
+        raise ValueError(f"time_map must be one of {TIME_MAPS}, got {time_map!r}")
+    if time_map == "identity":
+        return t
+    t = jnp.asarray(t)
+    t = t.astype(at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32))
+    return jnp.log(sigma_d * jnp.tan(t)) / 4.0
+
+
+def map_output(out: Array, time_map: str) -> Array:
+    """The network output under `time_map`: negated for 'edm_as_trigflow' (see map_time)."""
+    return -out if time_map == "edm_as_trigflow" else out
+
+
 def labels_or_null(y: Array | None, batch: int, num_classes: int) -> Array:
     """Labels [B] for a conditional network: y, or all NULL (id num_classes) when None."""
     y = jnp.full((batch,), num_classes, jnp.int32) if y is None else jnp.asarray(y)
@@ -292,6 +349,11 @@ class ConditioningEmbedding(nn.Module):
     Shared by every network so the interface rules live in one place:
       - y=None with num_classes > 0 means all-NULL labels (id == num_classes); y is ignored when
         num_classes == 0.
+      - `label_embed` (LABEL_EMBEDS) says how labels enter: 'table' (LabelEmbedding: a learned
+        row per class and one for NULL, added to the time embedding) or 'onehot_linear' (EDM's
+        SongUNet, Karras et al. 2022: a Dense map, with bias, of sqrt(num_classes) * one-hot to
+        the positional width, added to the positional embedding before the time MLP; NULL is the
+        all-zero one-hot, EDM's input without a label).
       - d is a second scalar (shortcut step size, MeanFlow interval t - r) with its own embedder,
         summed with the time embedding; d=None means zeros. Passing d to a network built with
         use_d=False raises, so a misconfigured method fails loudly instead of being ignored.
@@ -306,23 +368,27 @@ class ConditioningEmbedding(nn.Module):
     num_classes: int = 0
     use_d: bool = False
     time_endpoint: bool = True
+    label_embed: str = "table"
 
     @nn.compact
     def __call__(self, t: Array, y: Array | None = None, d: Array | None = None) -> Array:
         t = jnp.asarray(t)
         if t.ndim != 1:
             raise ValueError(f"t must have shape [B], got {t.shape}")
+        if self.label_embed not in LABEL_EMBEDS:
+            raise ValueError(f"label_embed must be one of {LABEL_EMBEDS}, got {self.label_embed!r}")
         batch = t.shape[0]
-        embedder = partial(
-            TimestepEmbedder, self.features, self.freq_dim, self.time_scale, endpoint=self.time_endpoint
-        )
-        emb = embedder(name="time")(t)
+        pre = None
+        if self.num_classes > 0 and self.label_embed == "onehot_linear":
+            dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
+            onehot = scaled_onehot(labels_or_null(y, batch, self.num_classes), self.num_classes, dtype)
+            pre = nn.Dense(self.freq_dim, dtype=dtype, kernel_init=xavier_uniform, name="label")(onehot)
+        embedder = partial(TimestepEmbedder, self.features, self.freq_dim, self.time_scale, endpoint=self.time_endpoint)
+        emb = embedder(name="time")(t, pre)
         d = second_scalar(t, d, self.use_d)
         if d is not None:
             emb = emb + embedder(name="d")(d)
-        if self.num_classes > 0:
+        if self.num_classes > 0 and self.label_embed == "table":
             y = labels_or_null(y, batch, self.num_classes)
-            emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(
-                emb.dtype
-            )
+            emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(emb.dtype)
         return emb

@@ -223,7 +223,9 @@ class UNet(nn.Module):
     GN(h) * pnorm(s(emb)) + pnorm(b(emb)); 'additive' = EDM's DDPM++, GN(h + b(emb)); see
     ResBlock), resample (RESAMPLINGS), resample_filter (FIR taps of resample='residual'),
     decoder_attn (DECODER_ATTNS), norm_eps (GroupNorm eps), min_group_size (GroupNorm channels per
-    group at least, layers.group_count). The defaults are the DDPM++-style network;
+    group at least, layers.group_count), label_embed (layers.LABEL_EMBEDS: 'onehot_linear' is EDM's
+    SongUNet label input), time_map / time_map_sigma_d (layers.map_time: 'edm_as_trigflow' runs an
+    EDM-preconditioned network as a TrigFlow one). The defaults are the DDPM++-style network;
     recipes.ddpmpp_unet() holds EDM's DDPM++.
     """
 
@@ -245,6 +247,9 @@ class UNet(nn.Module):
     decoder_attn: str = "all"
     norm_eps: float = 1e-5
     min_group_size: int = 1
+    label_embed: str = "table"
+    time_map: str = "identity"
+    time_map_sigma_d: float = 0.5
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -285,8 +290,9 @@ class UNet(nn.Module):
             time_scale=self.time_scale,
             num_classes=self.num_classes,
             use_d=self.use_d,
+            label_embed=self.label_embed,
             name="cond",
-        )(t, y, d)
+        )(layers.map_time(t, self.time_map, self.time_map_sigma_d), y, d)
         # Every block projects SiLU(emb); apply it once here (float32), cast in the projections.
         emb_act = nn.silu(emb)
 
@@ -349,4 +355,4 @@ class UNet(nn.Module):
         )(h)
         h = nn.silu(h)
         out = _conv(x.shape[-1], 3, self.dtype, "conv_out", init=nn.initializers.zeros)(h)
-        return out.astype(out_dtype)
+        return layers.map_output(out.astype(out_dtype), self.time_map)

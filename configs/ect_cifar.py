@@ -10,6 +10,14 @@ sigma_min shift 0.003, 2-step intermediate t = 0.821.
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/ect_cifar.py --workdir=runs/ect_cifar
 
+or, as the paper, from NVlabs' released EDM model instead of training it (train.init_from takes
+the file, or the folder `python -m fewstep_jax.models.import_weights` writes; docs/PRETRAINED.md):
+https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl
+(`:cond`: edm-cifar10-32x32-cond-vp.pkl)
+
+  python -m fewstep_jax.main --config=configs/ect_cifar.py --workdir=runs/ect_cifar \
+      --config.train.init_from=edm-cifar10-32x32-uncond-vp.pkl
+
 Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
 Variants: `:cond`, `:smoke`.
 """

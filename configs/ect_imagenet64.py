@@ -12,6 +12,14 @@ EMA, used for sampling) plus EDM2's power EMAs sigma_rel 0.01 / 0.05 / 0.10
   python -m fewstep_jax.main --config=configs/edm_imagenet64.py:s --workdir=runs/edm_imagenet64_s
   python -m fewstep_jax.main --config=configs/ect_imagenet64.py:s --workdir=runs/ect_imagenet64_s
 
+or, as the paper, from NVlabs' released EDM2 model of the size (train.init_from = the file or its
+import_weights folder; fourier_params keeps EDM2's stored Fourier features; docs/PRETRAINED.md):
+https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-s-1073741-0.075.pkl
+(`:m`: edm2-img64-m-2147483-0.060.pkl)
+
+  python -m fewstep_jax.main --config=configs/ect_imagenet64.py:s --workdir=runs/ect_imagenet64_s \
+      --config.train.init_from=edm2-img64-s-1073741-0.075.pkl --config.model.fourier_params=True
+
 ImageNet-64: prepare it once with
 `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:smoke`.

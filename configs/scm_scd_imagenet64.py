@@ -7,6 +7,18 @@ As configs/scm_sct_imagenet64.py with dropout 0 and the TrigFlow teacher
 
   python -m fewstep_jax.main --config=configs/scm_scd_imagenet64.py:xl --workdir=runs/scm_scd_imagenet64_xl
 
+The teacher may instead be NVlabs' released EDM2 model of the size (their FID presets:
+https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-{s-1073741-0.075,
+m-2147483-0.060, l-1073741-0.040, xl-0671088-0.040}.pkl), an EDM-preconditioned denoiser used
+through the exact TrigFlow conversion (method.teacher = the file or its import_weights folder);
+the student starts from it (train.init_from), with EDM2's stored Fourier features
+(fourier_params) and the conversion (time_map) in its network; docs/PRETRAINED.md. The conversion
+embeds c_noise = ln(sigma_d tan t) / 4, which sCM sec. 4.1 finds less stable than its c_noise = t.
+
+  python -m fewstep_jax.main --config=configs/scm_scd_imagenet64.py:s --workdir=runs/scm_scd_imagenet64_s_edm2 \
+      --config.method.teacher=edm2-img64-s-1073741-0.075.pkl --config.train.init_from=edm2-img64-s-1073741-0.075.pkl \
+      --config.model.fourier_params=True --config.model.time_map=edm_as_trigflow
+
 ImageNet-64: prepare it once with
 `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.

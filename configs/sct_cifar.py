@@ -13,6 +13,14 @@ step and the phase edges of `:phased` are this suite's choices (docs/METHODS.md)
   python -m fewstep_jax.main --config=configs/edm_cifar.py --workdir=runs/edm_cifar
   python -m fewstep_jax.main --config=configs/sct_cifar.py --workdir=runs/sct_cifar
 
+or, as the paper, from NVlabs' released EDM model (train.init_from takes the file, or the folder
+`python -m fewstep_jax.models.import_weights` writes; docs/PRETRAINED.md):
+https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl
+(`:cond`: edm-cifar10-32x32-cond-vp.pkl)
+
+  python -m fewstep_jax.main --config=configs/sct_cifar.py --workdir=runs/sct_cifar \
+      --config.train.init_from=edm-cifar10-32x32-uncond-vp.pkl
+
 Data: CIFAR-10, prepared once with `python -m fewstep_jax.data.prepare --dataset=cifar10 --download`.
 `make demo` trains the embedded counterpart, configs/sct_digits.py.
 Variants: `:cond`, `:phased` (4 phases), `:smoke`.

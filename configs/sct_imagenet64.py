@@ -11,6 +11,13 @@ almost no same-class references (0.13 per row), so a bank of the 16,384 most rec
   python -m fewstep_jax.main --config=configs/edm_imagenet64.py:m --workdir=runs/edm_imagenet64_m
   python -m fewstep_jax.main --config=configs/sct_imagenet64.py:m --workdir=runs/sct_imagenet64_m
 
+or from NVlabs' released EDM2 model of the size (docs/PRETRAINED.md):
+https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-m-2147483-0.060.pkl
+(`:s`: edm2-img64-s-1073741-0.075.pkl)
+
+  python -m fewstep_jax.main --config=configs/sct_imagenet64.py:m --workdir=runs/sct_imagenet64_m \
+      --config.train.init_from=edm2-img64-m-2147483-0.060.pkl --config.model.fourier_params=True
+
 ImageNet-64: prepare it once with
 `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:smoke`.

@@ -210,15 +210,31 @@ def init_state(exp: Experiment) -> state_lib.TrainState:
 
 
 def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
-    """(config, EMA network params) of the latest checkpoint of a trained workdir.
+    """(config, EMA network params) of the latest checkpoint of a trained workdir, or of an
+    official pretrained model.
 
     Used to initialize from a pretrained model (train.init_from) and to load teachers. Builds
     only what reading the checkpoint needs (the network, method and optimizer give the state's
     shapes; no data iterator); the params land on the current mesh, laid out as that run's
     sharding section says (replicated by default).
+
+    `workdir` may also name a released file (NVlabs' EDM / EDM2 `.pkl`, DiT / SiT `.pt`) or a
+    folder written by `python -m fewstep_jax.models.import_weights`: it is imported
+    (models/pretrained), and the config holds its model, data (name, conditional) and method
+    sections plus a `pretrained` section (family, source, data_shape, num_classes); the params
+    are host arrays.
     """
+    from fewstep_jax.models import pretrained
+
+    if pretrained.is_pretrained_path(workdir):
+        imported = pretrained.load(workdir)
+        logging.info("imported %s (%s): %s", workdir, imported.family, imported.summary.get("architecture", ""))
+        return imported.config(), imported.params
     directory = os.path.join(workdir, "checkpoints")
-    hint = f"train it first, e.g. python -m fewstep_jax.main --config=configs/<teacher>.py --workdir={workdir}"
+    hint = (
+        f"train it first, e.g. python -m fewstep_jax.main --config=configs/<teacher>.py --workdir={workdir}, "
+        "or name an official pretrained file (docs/PRETRAINED.md)"
+    )
     if not os.path.isdir(directory):
         raise ckpt_lib.CheckpointError(f"no trained run at {workdir} (no {directory}); {hint}")
     checkpointer = ckpt_lib.Checkpointer(directory, keep=1)
@@ -248,6 +264,19 @@ def attach_frozen(exp: Experiment) -> None:
         exp.frozen = jax.device_put(frozen, sharding_lib.replicated(exp.mesh))
 
 
+def _check_net_shapes(exp: Experiment, ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Every pretrained weight (flat `theirs`) must exist in this network (flat `ours`, arrays or
+    shape structs) with the same shape."""
+    missing = sorted(k for k in theirs if k not in ours)
+    mismatched = sorted(k for k in theirs if k in ours and tuple(ours[k].shape) != tuple(theirs[k].shape))
+    if missing or mismatched:
+        raise ValueError(
+            f"train.init_from={exp.train.init_from}: its network does not match config.model "
+            f"(weights absent here: {missing[:5]}; different shapes: {mismatched[:5]}); "
+            "use the same model section as the pretrained run"
+        )
+
+
 def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params: Any) -> state_lib.TrainState:
     """Replace the network weights (live and every EMA) by pretrained ones.
 
@@ -261,14 +290,7 @@ def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params
 
     ours = traverse_util.flatten_dict(jax.device_get(state.params["net"]), sep="/")
     theirs = traverse_util.flatten_dict(jax.device_get(net_params), sep="/")
-    missing = sorted(k for k in theirs if k not in ours)
-    mismatched = sorted(k for k in theirs if k in ours and ours[k].shape != theirs[k].shape)
-    if missing or mismatched:
-        raise ValueError(
-            f"train.init_from={exp.train.init_from}: its network does not match config.model "
-            f"(weights absent here: {missing[:5]}; different shapes: {mismatched[:5]}); "
-            "use the same model section as the pretrained run"
-        )
+    _check_net_shapes(exp, ours, theirs)
     fresh = sorted(k for k in ours if k not in theirs)
     if fresh:
         logging.info(
@@ -287,16 +309,40 @@ def with_pretrained_net(exp: Experiment, state: state_lib.TrainState, net_params
 
 
 def check_pretrained_method(exp: Experiment, pre_config: ml_collections.ConfigDict) -> None:
-    """train.init_from must come from a method whose network output means the same thing."""
+    """train.init_from must come from a method whose network output means the same thing.
+
+    A network run through the exact EDM -> TrigFlow conversion (model.time_map='edm_as_trigflow',
+    layers.map_time) takes the weights of an EDM-preconditioned one (an EDM / EDM2 file, an edm
+    run) whose sigma_d is model.time_map_sigma_d, which must be this method's sigma_d."""
+    from fewstep_jax.models import pretrained
+
     theirs = methods_lib.REGISTRY.get(pre_config.method.name)
     ours = exp.method
-    if theirs is None or theirs.parameterization != ours.parameterization:
-        kind = "unknown" if theirs is None else theirs.parameterization
-        raise ValueError(
-            f"train.init_from={exp.train.init_from} is a {pre_config.method.name!r} run ({kind} parameterization); "
-            f"{ours.name!r} needs a {ours.parameterization} one"
-        )
     sigma_d = getattr(ours.cfg, "sigma_d", None)
+    model = pretrained.resolved_model(exp.config.model.to_dict())
+    converted = model.get("time_map", "identity") == "edm_as_trigflow"
+    wanted = "edm" if converted else ours.parameterization
+    what = "file" if "pretrained" in pre_config else "run"
+    if theirs is None or theirs.parameterization != wanted:
+        kind = "unknown" if theirs is None else theirs.parameterization
+        hint = ""
+        if kind == "edm" and ours.parameterization == "trigflow":
+            hint = (
+                "; an EDM-preconditioned network becomes a TrigFlow one exactly with "
+                "--config.model.time_map=edm_as_trigflow (c_noise = ln(sigma_d tan t) / 4, output negated; sCM sec. 3)"
+            )
+        raise ValueError(
+            f"train.init_from={exp.train.init_from} is a {pre_config.method.name!r} {what} ({kind} parameterization); "
+            f"{ours.name!r}{' with model.time_map=edm_as_trigflow' if converted else ''} needs a {wanted} one"
+            + hint
+        )
+    if converted:
+        if ours.parameterization != "trigflow" or model["time_map_sigma_d"] != sigma_d:
+            raise ValueError(
+                f"model.time_map=edm_as_trigflow runs an EDM network as a TrigFlow one: it needs a TrigFlow method "
+                f"with method.sigma_d = model.time_map_sigma_d (here {ours.name!r}, sigma_d={sigma_d}, "
+                f"time_map_sigma_d={model['time_map_sigma_d']})"
+            )
     if sigma_d is not None and pre_config.method.get("sigma_d", sigma_d) != sigma_d:
         raise ValueError(
             f"train.init_from={exp.train.init_from} was trained with sigma_d={pre_config.method.sigma_d}, "
@@ -304,17 +350,57 @@ def check_pretrained_method(exp: Experiment, pre_config: ml_collections.ConfigDi
         )
 
 
-def init_from_pretrained(exp: Experiment, state: state_lib.TrainState) -> state_lib.TrainState:
-    """A fresh state whose network (live and EMAs) is the EMA network of train.init_from's run,
-    which must share this config's data and parameterization."""
+def check_imported(exp: Experiment, pre_config: ml_collections.ConfigDict) -> None:
+    """An imported pretrained file (pre_config.pretrained) must fit this config: the data's shape,
+    labels and (when the file's data is one of the suite's) name, and the network's architecture
+    (models.pretrained.architecture_differences), each named in one line."""
+    from fewstep_jax.models import pretrained
+
+    source, info = exp.train.init_from, exp.info
+    file_data = pre_config.pretrained
+    theirs = (tuple(file_data.data_shape), int(file_data.num_classes))
+    if theirs != (tuple(info.shape), info.num_classes) or (pre_config.data.name and pre_config.data.name != info.name):
+        raise ValueError(
+            f"train.init_from={source} is a model of {pre_config.data.name or 'other data'} with shape {theirs[0]} and "
+            f"{theirs[1]} classes; this config's data {info.name!r} has shape {tuple(info.shape)} and "
+            f"{info.num_classes} classes"
+        )
+    differences = pretrained.architecture_differences(
+        pre_config.model.to_dict(), exp.config.model.to_dict(), info.num_classes
+    )
+    if differences:
+        raise ValueError(
+            f"train.init_from={source}: config.model describes another network than the file's: "
+            + "; ".join(differences[:6])
+            + (" ..." if len(differences) > 6 else "")
+            + " (set these with --config.model.KEY=VALUE)"
+        )
+
+
+def pretrained_net(exp: Experiment) -> Any:
+    """The network params of train.init_from (a run's EMA, or an imported official file),
+    checked before anything is compiled: the same data, a parameterization this method can use,
+    and every pretrained weight present in this network with its shape (the state's layout)."""
+    from flax import traverse_util
+
     pre_config, net_params = load_pretrained(exp.train.init_from)
-    if ckpt_lib.config_to_json(pre_config.data) != ckpt_lib.config_to_json(exp.config.data):
+    if "pretrained" in pre_config:
+        check_imported(exp, pre_config)
+    elif ckpt_lib.config_to_json(pre_config.data) != ckpt_lib.config_to_json(exp.config.data):
         raise ValueError(
             f"train.init_from={exp.train.init_from} was trained on data {pre_config.data.to_dict()}, "
             f"this config uses {exp.config.data.to_dict()}"
         )
     check_pretrained_method(exp, pre_config)
-    state = with_pretrained_net(exp, state, net_params)
+    ours = traverse_util.flatten_dict(exp.abstract_state.params["net"], sep="/")
+    _check_net_shapes(exp, ours, traverse_util.flatten_dict(net_params, sep="/"))
+    return net_params
+
+
+def init_from_pretrained(exp: Experiment, state: state_lib.TrainState) -> state_lib.TrainState:
+    """A fresh state whose network (live and EMAs) is the EMA network of train.init_from's run
+    (or an imported official file), which must share this config's data and parameterization."""
+    state = with_pretrained_net(exp, state, pretrained_net(exp))
     logging.info("initialized the network from the EMA of %s", exp.train.init_from)
     return state
 
@@ -327,9 +413,11 @@ def restore_or_init(exp: Experiment, *, allow_config_change: bool = False) -> tu
     """Resume from the latest checkpoint of the workdir if there is one; otherwise a fresh state
     (from train.init_from when set) at step 0."""
     if exp.checkpointer.latest_step() is None:
+        net_params = pretrained_net(exp) if exp.train.init_from else None  # checked before compiling
         state = init_state(exp)
-        if exp.train.init_from:
-            state = init_from_pretrained(exp, state)
+        if net_params is not None:
+            state = with_pretrained_net(exp, state, net_params)
+            logging.info("initialized the network from the EMA of %s", exp.train.init_from)
         return state, 0
     return restore_latest(exp, allow_config_change=allow_config_change)
 

@@ -55,7 +55,9 @@ def ddpmpp_unet(**overrides: Any) -> ConfigDict:
     16x16, dropout 0.13, resampling residual blocks with the filter [1, 1] and a 1x1 skip
     projection, attention only on the last decoder block of a level, the embedding added before
     the second GroupNorm, GroupNorm eps 1e-6 with >= 4 channels per group): ~55.7M parameters
-    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1)."""
+    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1). label_embed and
+    time_map are listed so that a command line can set them (models/pretrained: EDM's label input,
+    the exact EDM -> TrigFlow conversion of an imported EDM model; docs/PRETRAINED.md)."""
     cfg = dict(
         name="unet",
         channels=128,
@@ -70,14 +72,21 @@ def ddpmpp_unet(**overrides: Any) -> ConfigDict:
         decoder_attn="last",
         norm_eps=1e-6,
         min_group_size=4,
+        label_embed="table",
+        time_map="identity",
     )
     return ConfigDict(dict(cfg, **overrides))
 
 
 def edm2(size: str, dropout: float) -> ConfigDict:
     """EDM2's magnitude-preserving UNet (Karras et al. 2024); `size` S/M/L/XL picks 192 / 256 /
-    320 / 384 channels (models.EDM2_SIZES; channels=None lets the size decide)."""
-    return ConfigDict(dict(name="edm2", size=size, channels=None, dropout=dropout, dropout_res=0))
+    320 / 384 channels (models.EDM2_SIZES; channels=None lets the size decide). fourier_params
+    and time_map are listed so that a command line can set them for NVlabs' released EDM2 models
+    (their stored Fourier features; the exact EDM -> TrigFlow conversion; docs/PRETRAINED.md)."""
+    return ConfigDict(
+        dict(name="edm2", size=size, channels=None, dropout=dropout, dropout_res=0, fourier_params=False,
+             time_map="identity")
+    )
 
 
 def dit(size: str, patch: int, dtype: str) -> ConfigDict:

@@ -253,7 +253,13 @@ def test_released_cifar10_arguments_give_the_ect_configs_network(golden, file, n
     }
     cfg = edm.model_section(kwargs, file)
     ect = recipes.ect_cifar10(conditional=num_classes > 0)
-    assert pretrained.architecture_differences(cfg, ect.model.to_dict()) == []
+    assert pretrained.architecture_differences(cfg, ect.model.to_dict(), num_classes) == []
+    if num_classes == 0:  # sCD from the file: sCM's CIFAR-10 network with EDM's embedding (docs/PRETRAINED.md)
+        scd = recipes.scm_cifar10().model.to_dict()
+        assert pretrained.architecture_differences(cfg, scd, 0) == [
+            "emb_norm='additive' (file) vs 'adaptive_double' (config)"
+        ]
+        assert pretrained.architecture_differences(cfg, {**scd, "emb_norm": "additive"}, 0) == []
     assert _count(cfg, (32, 32, 3), num_classes) == int(golden[f"released/{file}/num_params"])
 
 
@@ -359,3 +365,213 @@ def test_import_weights_cli_end_to_end(tmp_path, golden):
     )
     assert wrong.returncode == 1 and wrong.stderr.strip().count("\n") == 0
     assert "a 'edm' file; read it with --from=edm" in wrong.stderr
+
+
+# ---------------------------------------------------------------------------- train.init_from and sCD's teacher
+
+
+def _config(name, imp, init_from):
+    from conftest import load_config, quiet
+
+    config = quiet(load_config(name), 2)
+    config.model = ml_collections.ConfigDict({**imp.model, "dropout": 0.0})
+    config.train.init_from = init_from
+    return config
+
+
+def _checked(config, workdir):
+    """experiment.pretrained_net: train.init_from loaded and checked against the config, nothing compiled."""
+    from fewstep_jax import experiment
+
+    exp = experiment.setup(config, workdir)
+    try:
+        return experiment.pretrained_net(exp)
+    finally:
+        exp.checkpointer.close()
+
+
+def _same_tree(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_ect_initializes_from_an_imported_folder(tmp_path, imported):
+    """restore_or_init with train.init_from = the CLI's folder: the live network and every EMA
+    are the file's network (the file itself goes through the same load and checks: below)."""
+    from fewstep_jax import experiment
+
+    imp = imported[EDM_COND]
+    folder = pretrained.save(imp, str(tmp_path / "imported"))
+    exp = experiment.setup(_config("ect_digits", imp, folder), str(tmp_path / "run"))
+    try:
+        state, step = experiment.restore_or_init(exp)
+    finally:
+        exp.checkpointer.close()
+    assert step == 0
+    _same_tree(jax.device_get(state.params["net"]), imp.params)
+    for ema in state.ema.values():
+        _same_tree(jax.device_get(ema["net"]), imp.params)
+
+
+def test_init_from_accepts_the_file_and_its_folder(tmp_path, imported):
+    imp = imported[EDM_COND]
+    folder = pretrained.save(imp, str(tmp_path / "imported"))
+    for source in (os.path.join(FIXTURES, EDM_COND), folder):
+        _same_tree(_checked(_config("ect_digits", imp, source), str(tmp_path / "run")), imp.params)
+
+
+def test_init_from_a_file_refuses_another_network_or_data(tmp_path, imported):
+    from conftest import load_config, quiet
+
+    path = os.path.join(FIXTURES, EDM_COND)
+    config = quiet(load_config("ect_digits"), 2)  # the digits UNet with the DDPM++-style blocks
+    config.train.init_from = path
+    differs = (
+        rf"config\.model describes another network than the file's: .*channels=4 \(file\) vs {config.model.channels} "
+    )
+    with pytest.raises(ValueError, match=differs + r"\(config\)") as info:
+        _checked(config, str(tmp_path / "a"))
+    assert "\n" not in str(info.value) and "emb_norm='additive' (file) vs 'adaptive_scale' (config)" in str(info.value)
+    uncond = _config("ect_digits", imported[EDM_UNCOND], os.path.join(FIXTURES, EDM_UNCOND))  # cond digits data
+    with pytest.raises(
+        ValueError,
+        match=r"is a model of digits with shape \(8, 8, 1\) and 0 classes; this config's data 'digits' has shape "
+        r"\(8, 8, 1\) and 10 classes",
+    ):
+        _checked(uncond, str(tmp_path / "b"))
+
+
+def test_trigflow_methods_take_an_edm_file_through_the_conversion_only(tmp_path, imported):
+    imp = imported[EDM2_COND]
+    path = os.path.join(FIXTURES, EDM2_COND)
+    config = _config("scm_sct_digits", imp, path)
+    with pytest.raises(
+        ValueError,
+        match=r"is a 'edm' file \(edm parameterization\); 'scm_sct' needs a trigflow one; "
+        r".*--config\.model\.time_map=edm_as_trigflow",
+    ):
+        _checked(config, str(tmp_path / "a"))
+    config.model.time_map = "edm_as_trigflow"
+    _same_tree(_checked(config, str(tmp_path / "b")), imp.params)
+    config.method.sigma_d = 1.0
+    with pytest.raises(ValueError, match=r"needs a TrigFlow method with method\.sigma_d = model\.time_map_sigma_d"):
+        _checked(config, str(tmp_path / "c"))
+
+
+def test_scd_teacher_from_an_edm2_file_is_the_converted_denoiser(tmp_path, golden, imported):
+    """method.teacher = an EDM2 file: sCD's teacher velocity sigma_d F_teacher(x_t / sigma_d, t)
+    is what the reference denoiser D implies: (cos(t) x_t - D) / sin(t) at sigma = sigma_d tan t."""
+    from fewstep_jax import experiment
+
+    imp = imported[EDM2_COND]
+    path = os.path.join(FIXTURES, EDM2_COND)
+    config = _config("scm_scd_digits", imp, "")
+    config.model.time_map = "edm_as_trigflow"
+    config.method.teacher = path
+    exp = experiment.setup(config, str(tmp_path / "scd"))
+    exp.checkpointer.close()
+    experiment.attach_frozen(exp)
+    x, sigma, y = _inputs(golden, EDM2_COND, imp.num_classes)
+    keep = sigma >= 0.5  # (cos t x_t - D) / sin t loses digits where sin t is small
+    t = np.arctan(sigma[keep] / 0.5)
+    x_t = np.cos(t)[:, None, None, None] * x[keep]
+    velocity = jax.jit(exp.method.teacher_velocity)(
+        exp.frozen["teacher"], jnp.asarray(x_t, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(y[keep]), None
+    )
+    expected = (np.cos(t)[:, None, None, None] * x_t - golden[f"{EDM2_COND}/denoised"][keep]) / np.sin(t)[
+        :, None, None, None
+    ]
+    assert _relative(velocity, expected) <= 1e-4
+
+
+#: NVlabs' training arguments of the released files docs/PRETRAINED.md names (EDM train.py
+#: --arch=ddpmpp on CIFAR-10; EDM2 train_edm2.py presets edm2-img64-{s,m,l,xl}).
+RELEASED = {
+    "edm-cifar10-32x32-uncond-vp.pkl": ("edm", dict(label_dim=0)),
+    "edm-cifar10-32x32-cond-vp.pkl": ("edm", dict(label_dim=10)),
+    "edm2-img64-s-1073741-0.075.pkl": ("edm2", dict(model_channels=192, dropout=0.0)),
+    "edm2-img64-m-2147483-0.060.pkl": ("edm2", dict(model_channels=256, dropout=0.1)),
+    "edm2-img64-l-1073741-0.040.pkl": ("edm2", dict(model_channels=320, dropout=0.1)),
+    "edm2-img64-xl-0671088-0.040.pkl": ("edm2", dict(model_channels=384, dropout=0.1)),
+}
+
+
+def _released_model(file):
+    family, kwargs = RELEASED[file]
+    if family == "edm":
+        cifar = dict(img_resolution=32, in_channels=3, model_channels=128, channel_mult=[2, 2, 2], dropout=0.13)
+        return (
+            edm.model_section({**edm.SONGUNET_DEFAULTS, **cifar, "augment_dim": 9, **kwargs}, file),
+            (32, 32, 3),
+            kwargs["label_dim"],
+        )
+    imagenet = dict(img_resolution=64, img_channels=3, label_dim=1000)
+    return edm2.model_section({**edm2.UNET_DEFAULTS, **imagenet, **kwargs}, file), (64, 64, 3), 1000
+
+
+def _documented_commands():
+    import shlex
+
+    from conftest import REPO
+
+    with open(os.path.join(REPO, "docs", "PRETRAINED.md")) as f:
+        return [shlex.split(line.strip()) for line in f if line.strip().startswith("python -m fewstep_jax.main")]
+
+
+@pytest.mark.parametrize("command", _documented_commands(), ids=lambda c: c[3].split("/")[-1])
+def test_documented_commands_start_from_the_released_files(command):
+    """Each command of docs/PRETRAINED.md, applied to its config as the command line does (a
+    locked config: every override must name an existing key), describes the released file's
+    network (from NVlabs' training arguments), on data of its shape and labels, with a method
+    that accepts the file (experiment.check_pretrained_method, as train.init_from runs it)."""
+    import types
+
+    from conftest import load_config
+
+    from fewstep_jax import experiment
+
+    path, _, variant = command[3].removeprefix("--config=configs/").partition(":")
+    config = load_config(path.removesuffix(".py"), variant or None)
+    config.lock()
+    for arg in command[5:]:
+        key, value = arg.removeprefix("--config.").split("=", 1)
+        section, leaf = key.rsplit(".", 1)
+        node = config
+        for part in section.split("."):
+            node = node[part]
+        node[leaf] = {"True": True, "False": False}.get(value, value)  # raises for a key the config lacks
+    file = config.train.init_from
+    if config.method.name == "scm_scd":
+        assert config.method.teacher == file
+    model, shape, num_classes = _released_model(file)
+    classes = {"cifar10": 10, "imagenet64": 1000}[config.data.name] if config.data.conditional else 0
+    assert classes == num_classes
+    assert pretrained.architecture_differences(model, config.model.to_dict(), num_classes) == []
+    info = DatasetInfo(config.data.name, shape, num_classes, 0.5)
+    net = models.build(config.model, data_shape=shape, num_classes=num_classes)
+    exp = types.SimpleNamespace(config=config, method=methods.build(config.method, net, info), train=config.train)
+    file_config = ml_collections.ConfigDict(
+        dict(model=model, data=dict(name=config.data.name), method=dict(name="edm", sigma_d=0.5), pretrained=dict())
+    )
+    experiment.check_pretrained_method(exp, file_config)
+
+
+def test_every_config_that_starts_from_a_released_file_has_its_command():
+    names = {c[3].removeprefix("--config=configs/") for c in _documented_commands()}
+    assert names == {
+        "ect_cifar.py",
+        "ect_cifar.py:cond",
+        "sct_cifar.py",
+        "sct_cifar.py:cond",
+        "ect_imagenet64.py:s",
+        "ect_imagenet64.py:m",
+        "sct_imagenet64.py:s",
+        "sct_imagenet64.py:m",
+        "scm_scd_imagenet64.py:s",
+        "scm_scd_imagenet64.py:m",
+        "scm_scd_imagenet64.py:l",
+        "scm_scd_imagenet64.py:xl",
+        "scm_scd_cifar.py",
+    }

@@ -75,7 +75,7 @@ class SCMTraining(JumpMethod):
         sigma_max: float = 80.0
         t_mid: float = 1.1
         sigma_mid: float = 0.0
-        # sCD only: the teacher run (a TrigFlow workdir) and its guidance.
+        # sCD only: the teacher (a TrigFlow workdir, or an EDM / EDM2 file) and its guidance.
         teacher: str = ""
         teacher_guidance_min: float = 1.0  # guidance s ~ U[min, max] per example (sCM sec. 5,
         teacher_guidance_max: float = 1.0  # ImageNet-512); (1, 1) = no guidance
@@ -241,7 +241,9 @@ class SCMDistillation(SCMTraining):
     """Consistency distillation (sCD): dx_t/dt = sigma_d F_teacher(x_t / sigma_d, t).
 
     The teacher is the EMA network of a TrigFlow run (method.teacher = its
-    workdir), evaluated in eval mode. With teacher guidance (ImageNet-512 recipe)
+    workdir), or an official EDM / EDM2 model (method.teacher = the released .pkl or
+    its import_weights folder) through the exact EDM -> TrigFlow conversion,
+    evaluated in eval mode. With teacher guidance (ImageNet-512 recipe)
     each example draws s ~ U[min, max], the teacher velocity is
     F_u + s (F_c - F_u), and the student receives s as its `d` input.
     """
@@ -254,7 +256,9 @@ class SCMDistillation(SCMTraining):
         super().check()
         c = self.cfg
         if not c.teacher:
-            raise ValueError("scm_scd needs method.teacher: the workdir of a trained TrigFlow run")
+            raise ValueError(
+                "scm_scd needs method.teacher: the workdir of a trained TrigFlow run, or an official EDM / EDM2 file"
+            )
         if not 1.0 <= c.teacher_guidance_min <= c.teacher_guidance_max:
             raise ValueError("scm_scd: need 1 <= teacher_guidance_min <= teacher_guidance_max")
         if self.guided_teacher:
@@ -270,16 +274,27 @@ class SCMDistillation(SCMTraining):
         return self.cfg.teacher_guidance_max > 1.0
 
     def load_frozen(self, loader):
-        """The teacher's EMA network params (and its network, built from its config)."""
+        """The teacher's EMA network params (and its network, built from its config). An
+        official EDM / EDM2 file (or its import_weights folder) is an EDM-preconditioned
+        denoiser: it is used through the exact TrigFlow conversion (models.pretrained.as_trigflow)."""
         from fewstep_jax import models  # methods stay free of model imports at module level
+        from fewstep_jax.models import pretrained
 
         config, teacher_params = loader(self.cfg.teacher)
+        if "pretrained" in config and config.method.name != self.teacher_method:
+            config = pretrained.as_trigflow(config)
+            shape, num_classes = tuple(config.pretrained.data_shape), int(config.pretrained.num_classes)
+            if (shape, num_classes) != (tuple(self.info.shape), self.info.num_classes):
+                raise ValueError(
+                    f"scm_scd: the teacher {self.cfg.teacher} is a model of shape {shape} with {num_classes} classes "
+                    f"(this run: {tuple(self.info.shape)}, {self.info.num_classes} classes)"
+                )
         if config.method.name != self.teacher_method:
             raise ValueError(
                 f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, "
                 f"not {self.teacher_method!r}"
             )
-        if config.data.name != self.info.name:
+        if config.data.name != self.info.name and not ("pretrained" in config and not config.data.name):
             raise ValueError(
                 f"scm_scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r} "
                 f"(this run: {self.info.name!r})"

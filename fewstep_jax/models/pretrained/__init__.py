@@ -528,13 +528,21 @@ def resolved_model(model: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
-def architecture_differences(file_model: Mapping[str, Any], config_model: Mapping[str, Any]) -> list[str]:
+#: Model keys that only matter with class labels.
+LABEL_KEYS = ("label_embed", "label_balance")
+
+
+def architecture_differences(
+    file_model: Mapping[str, Any], config_model: Mapping[str, Any], num_classes: int = 1
+) -> list[str]:
     """'key=file value (file) vs config value (config)' for each key in which a config's model
-    section describes other weights than an imported file's (NON_ARCHITECTURE keys aside)."""
+    section describes other weights than an imported file's (NON_ARCHITECTURE keys aside, and
+    LABEL_KEYS for unconditional networks, num_classes = 0)."""
     ours, theirs = resolved_model(config_model), resolved_model(file_model)
     if ours.get("name") != theirs.get("name"):
         return [f"name={theirs.get('name')!r} (file) vs {ours.get('name')!r} (config)"]
-    keys = sorted((set(ours) | set(theirs)) - set(NON_ARCHITECTURE))
+    ignored = set(NON_ARCHITECTURE) | (set(LABEL_KEYS) if num_classes == 0 else set())
+    keys = sorted((set(ours) | set(theirs)) - ignored)
     return [f"{k}={theirs.get(k)!r} (file) vs {ours.get(k)!r} (config)" for k in keys if theirs.get(k) != ours.get(k)]
 
 

@@ -269,22 +269,38 @@ def released_counts(family: str) -> dict[str, np.ndarray]:
     return out
 
 
-def write_edm(source: str, tmp: str) -> dict[str, np.ndarray]:
+def _write(family: str, module, build, pack) -> dict[str, np.ndarray]:
+    """Build, randomize, pickle (`pack` gives what the official training loop pickles) and
+    evaluate each fixture network of `family`."""
     import torch
 
+    out = {}
+    for file, (kind, channels, num_classes) in FIXTURE_NETS.items():
+        if kind != family:
+            continue
+        torch.manual_seed(0)
+        net = build(channels, num_classes)
+        _randomize(net, family, torch.float32)
+        data = pack(net, channels, num_classes)
+        with open(os.path.join(FIXTURES, file), "wb") as f:
+            pickle.dump(data, f)
+        for key, value in _evaluate(data["ema"], module, family, channels, num_classes).items():
+            out[f"{file}/{key}"] = value
+    return {**out, **released_counts(family)}
+
+
+def write_edm(source: str, tmp: str) -> dict[str, np.ndarray]:
     _import_tree(source, tmp, "edm")
     import dnnlib
     import training.networks
 
-    out = {}
-    for file, (family, channels, num_classes) in FIXTURE_NETS.items():
-        if family != "edm":
-            continue
-        torch.manual_seed(0)
-        net = dnnlib.util.construct_class_by_name(
+    def build(channels, num_classes):
+        return dnnlib.util.construct_class_by_name(
             class_name="training.networks.EDMPrecond", img_channels=channels, label_dim=num_classes, **EDM_KWARGS
         )
-        _randomize(net, "edm", torch.float32)
+
+    def pack(net, channels, num_classes):
+        """EDM training_loop.py: the EMA network copied, in eval mode, without gradients, on the CPU."""
         loss_fn = dnnlib.util.construct_class_by_name(class_name="training.loss.EDMLoss")
         augment_pipe = dnnlib.util.construct_class_by_name(
             class_name="training.augment.AugmentPipe",
@@ -305,14 +321,10 @@ def write_edm(source: str, tmp: str) -> dict[str, np.ndarray]:
             resolution=8,
             max_size=1797,
         )
-        # EDM training_loop.py: the EMA network, copied, in eval mode, without gradients, on the CPU.
         ema = copy.deepcopy(net).eval().requires_grad_(False).cpu()
-        data = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
-        with open(os.path.join(FIXTURES, file), "wb") as f:
-            pickle.dump(data, f)
-        for key, value in _evaluate(data["ema"], training.networks, "edm", channels, num_classes).items():
-            out[f"{file}/{key}"] = value
-    return {**out, **released_counts("edm")}
+        return dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+
+    return _write("edm", training.networks, build, pack)
 
 
 def write_edm2(source: str, tmp: str) -> dict[str, np.ndarray]:
@@ -323,35 +335,29 @@ def write_edm2(source: str, tmp: str) -> dict[str, np.ndarray]:
     import dnnlib
     import training.networks_edm2
 
-    out = {}
-    for file, (family, channels, num_classes) in FIXTURE_NETS.items():
-        if family != "edm2":
-            continue
-        torch.manual_seed(0)
-        net = dnnlib.util.construct_class_by_name(
+    def build(channels, num_classes):
+        return dnnlib.util.construct_class_by_name(
             class_name="training.networks_edm2.Precond", img_channels=channels, label_dim=num_classes, **EDM2_KWARGS
         )
-        _randomize(net, "edm2", torch.float32)
-        latent = channels == 4
-        encoder = dnnlib.util.construct_class_by_name(
-            class_name="training.encoders." + ("StabilityVAEEncoder" if latent else "StandardRGBEncoder")
+
+    def pack(net, channels, num_classes):
+        """EDM2 training_loop.py's network snapshots (reconstruct_phema.py writes the same layout)."""
+        encoder = "StabilityVAEEncoder" if channels == 4 else "StandardRGBEncoder"
+        data = dnnlib.EasyDict(
+            encoder=dnnlib.util.construct_class_by_name(class_name="training.encoders." + encoder),
+            dataset_kwargs=dnnlib.EasyDict(
+                class_name="training.dataset.ImageFolderDataset",
+                path="datasets/digits-8x8.zip",
+                use_labels=bool(num_classes),
+            ),
+            loss_fn=dnnlib.util.construct_class_by_name(
+                class_name="training.training_loop.EDM2Loss", P_mean=-0.8, P_std=1.6
+            ),
         )
-        dataset_kwargs = dnnlib.EasyDict(
-            class_name="training.dataset.ImageFolderDataset",
-            path="datasets/digits-8x8.zip",
-            use_labels=bool(num_classes),
-        )
-        loss_fn = dnnlib.util.construct_class_by_name(
-            class_name="training.training_loop.EDM2Loss", P_mean=-0.8, P_std=1.6
-        )
-        # EDM2 training_loop.py (network snapshots; reconstruct_phema.py writes the same layout).
-        data = dnnlib.EasyDict(encoder=encoder, dataset_kwargs=dataset_kwargs, loss_fn=loss_fn)
         data.ema = copy.deepcopy(net).cpu().eval().requires_grad_(False).to(torch.float16)
-        with open(os.path.join(FIXTURES, file), "wb") as f:
-            pickle.dump(data, f)
-        for key, value in _evaluate(data.ema, training.networks_edm2, "edm2", channels, num_classes).items():
-            out[f"{file}/{key}"] = value
-    return {**out, **released_counts("edm2")}
+        return data
+
+    return _write("edm2", training.networks_edm2, build, pack)
 
 
 def main() -> None:

@@ -310,6 +310,7 @@ def test_model_section_round_trips_through_a_config(imported):
 # ---------------------------------------------------------------------------- the conversion CLI
 
 
+@pytest.mark.slow
 def test_import_weights_cli_end_to_end(tmp_path, golden):
     """--from=edm --in=FILE --out=DIR --check: the folder holds the same params as a direct import,
     the summary is printed, and the check grid is sampled with EDM's sampler (Heun 18 steps, NFE 35)."""

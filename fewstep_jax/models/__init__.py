@@ -157,12 +157,8 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
     emb_dim = int(cfg["emb_dim"] or 0)
     if emb_dim < 0:
         raise ValueError(f"model.emb_dim must be >= 0 (0 -> 4 * channels), got {emb_dim}")
-    emb_norm = cfg["emb_norm"]
-    if emb_norm not in EMB_NORMS:
-        raise ValueError(f"model.emb_norm must be one of {list(EMB_NORMS)}, got {emb_norm!r}")
-    for key, allowed in (("resample", RESAMPLINGS), ("decoder_attn", DECODER_ATTNS)):
-        if cfg[key] not in allowed:
-            raise ValueError(f"model.{key} must be one of {list(allowed)}, got {cfg[key]!r}")
+    emb_norm = _choice(cfg, "emb_norm", EMB_NORMS)
+    resample, decoder_attn = _choice(cfg, "resample", RESAMPLINGS), _choice(cfg, "decoder_attn", DECODER_ATTNS)
     resample_filter = _fir_filter(cfg)
     return UNet(
         channels=channels,
@@ -178,9 +174,9 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         num_classes=num_classes,
         dtype=_dtype(cfg),
         emb_norm=emb_norm,
-        resample=cfg["resample"],
+        resample=resample,
         resample_filter=resample_filter,
-        decoder_attn=cfg["decoder_attn"],
+        decoder_attn=decoder_attn,
         norm_eps=_float(cfg, "norm_eps"),
         min_group_size=_positive_int(cfg, "min_group_size"),
         label_embed=_choice(cfg, "label_embed", LABEL_EMBEDS),

@@ -37,8 +37,12 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     from fewstep_jax.models.pretrained import REGISTRY
 
-    flags.DEFINE_enum("from", None, list(REGISTRY), "Family of the file: " + "; ".join(
-        f"{k}: {v.description}" for k, v in REGISTRY.items()))
+    flags.DEFINE_enum(
+        "from",
+        None,
+        list(REGISTRY),
+        "Family of the file: " + "; ".join(f"{k}: {v.description}" for k, v in REGISTRY.items()),
+    )
     flags.DEFINE_string("in", None, "The released file (.pkl / .pt).")
     flags.DEFINE_string("out", None, "Folder to write params.safetensors and pretrained.json into.")
     flags.DEFINE_bool("check", False, "Sample a small grid with the paper's sampler into OUT/check.png.")
@@ -84,8 +88,9 @@ def check_samples(imported: Any, out_dir: str, *, num_samples: int = 16, num_ste
         min=float(np.min(x)),
         max=float(np.max(x)),
         seconds=round(seconds, 1),
-        note="latent channels 0-2 shown (no VAE decoder in the suite)" if imported.data_name is None
-        and imported.data_shape[-1] == 4 else "",
+        note="latent channels 0-2 shown (no VAE decoder in the suite)"
+        if imported.data_name is None and imported.data_shape[-1] == 4
+        else "",
     )
 
 

@@ -489,6 +489,56 @@ def check_classes(root: network_pickle.Module, known: set[str], path: str, what:
             raise PretrainedError(f"{path}: unexpected container {module.class_name!r} at {where}")
 
 
+#: EDM's sampling schedule (Karras et al. 2022, eq. 5 with Table 1's values), which EDM2 keeps.
+EDM_SCHEDULE = dict(sigma_min=0.002, sigma_max=80.0, rho=7.0)
+
+
+def imported(
+    family: str,
+    path: str,
+    data: Mapping[str, Any],
+    *,
+    model: dict[str, Any],
+    shape: tuple[int, ...],
+    num_classes: int,
+    data_name: str | None,
+    sigma_data: float,
+    sampling: Mapping[str, Any],
+    params: dict[str, Any],
+    summary: Mapping[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Imported:
+    """The Imported of an EDM-preconditioned network (EDM, EDM2): method 'edm' with the file's
+    sigma_data and training proposal; the summary's common entries, then the family's."""
+    from fewstep_jax import models
+
+    loss = loss_section(data)
+    common = dict(
+        family=family,
+        file=os.path.basename(path),
+        parameters=models.count_params(params),
+        resolution=shape[0],
+        channels=shape[2],
+        conditional=num_classes > 0,
+        num_classes=num_classes,
+        preconditioning=f"EDM, sigma_data {sigma_data:g}",
+        training_loss=loss,
+    )
+    return Imported(
+        family=family,
+        source=os.path.abspath(path),
+        model=model,
+        data_shape=tuple(shape),
+        num_classes=num_classes,
+        data_name=data_name,
+        method=dict(name="edm", sigma_d=sigma_data, **loss, **EDM_SCHEDULE),
+        sampling=dict(sampling),
+        params=params,
+        summary={**common, **summary},
+        extra=extra or {},
+    )
+
+
 def loss_section(data: Mapping[str, Any]) -> dict[str, float]:
     """P_mean / P_std of the file's loss_fn (EDMLoss, EDM2Loss), when it has one."""
     loss = data.get("loss_fn")

@@ -34,7 +34,6 @@ The resampling filters (buffers) are checked against the configured [1, 1] and n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +45,7 @@ from fewstep_jax.models.pretrained import (
     TensorMap,
     check_classes,
     expected_shapes,
-    loss_section,
+    imported,
     suite_dataset,
 )
 from fewstep_jax.models.pretrained.network_pickle import Module
@@ -80,7 +79,6 @@ DDPMPP = dict(embedding_type="positional", encoder_type="standard", decoder_type
 
 #: The EDM paper's deterministic sampler for CIFAR-10 (Table 2: Heun, 18 steps, NFE 35).
 SAMPLING = dict(sampler="heun", num_steps=18)
-SCHEDULE = dict(sigma_min=0.002, sigma_max=80.0, rho=7.0)
 
 
 def _network(data: Mapping[str, Any], path: str) -> tuple[Module, Module]:
@@ -125,28 +123,21 @@ def model_section(kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
             f"{path}: its noise embedding has model_channels * channel_mult_noise = {noise_channels} frequencies; "
             f"the suite's DDPM++ embeds time with max(32, model_channels) = {freq_dim}"
         )
+    from fewstep_jax import recipes
+
     resolution = int(kwargs["img_resolution"])
     channel_mult = tuple(int(m) for m in kwargs["channel_mult"])
     visited = [resolution >> level for level in range(len(channel_mult))]
-    return dict(
-        name="unet",
+    section = recipes.ddpmpp_unet(
         channels=channels,
         channel_mult=channel_mult,
         num_blocks=int(kwargs["num_blocks"]),
         attn_resolutions=tuple(int(r) for r in kwargs["attn_resolutions"] if int(r) in visited),
         dropout=float(kwargs["dropout"]),
         emb_dim=channels * int(kwargs["channel_mult_emb"]),
-        time_scale=1.0,
-        num_groups=32,
-        num_heads=1,
-        emb_norm="additive",
-        resample="residual",
-        resample_filter=(1, 1),
-        decoder_attn="last",
-        norm_eps=1e-6,
-        min_group_size=4,
         label_embed="onehot_linear",  # EDM's label input (no labels: no label weights either way)
     )
+    return section.to_dict()
 
 
 def _conv(w: np.ndarray | None) -> np.ndarray | None:
@@ -266,38 +257,29 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
     data_name = suite_dataset(shape, num_classes)
     dataset = data.get("dataset_kwargs") if isinstance(data.get("dataset_kwargs"), Mapping) else {}
     summary = dict(
-        family="edm",
-        file=os.path.basename(path),
         architecture=(
             f"DDPM++ (EDM SongUNet): {cfg['channels']} channels x {list(cfg['channel_mult'])}, "
             f"{cfg['num_blocks']} blocks per resolution, attention at {list(cfg['attn_resolutions'])}"
         ),
         network_class=f"{ema.class_name} / {model.class_name}",
-        parameters=models.count_params(tree),
-        resolution=shape[0],
-        channels=shape[2],
-        conditional=num_classes > 0,
-        num_classes=num_classes,
         data=data_name or f"{shape} images (no dataset of the suite has this shape)",
-        preconditioning=f"EDM, sigma_data {sigma_data:g}",
         stored_dtype=str(next(iter(model.tensors().values())).dtype),
         ema="not recorded in the file (EDM's training default: a 0.5 Mimg half-life)",
         not_imported=["model.map_augment.weight: augmentation conditioning, unused when sampling (no augment labels)"]
         if int(kwargs["augment_dim"])
         else [],
         training_dataset=str(dataset.get("path", "")),
-        training_loss=loss_section(data),
     )
-    method = dict(name="edm", sigma_d=sigma_data, **loss_section(data), **SCHEDULE)
-    return Imported(
-        family="edm",
-        source=os.path.abspath(path),
+    return imported(
+        "edm",
+        path,
+        data,
         model=cfg,
-        data_shape=shape,
+        shape=shape,
         num_classes=num_classes,
         data_name=data_name,
-        method=method,
-        sampling=dict(SAMPLING),
+        sigma_data=sigma_data,
+        sampling=SAMPLING,
         params=tree,
         summary=summary,
     )

@@ -27,7 +27,6 @@ head draws its Fourier features from a seed, so training re-initializes the weig
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +39,7 @@ from fewstep_jax.models.pretrained import (
     check_classes,
     ema_from_file_name,
     expected_shapes,
-    loss_section,
+    imported,
     suite_dataset,
 )
 from fewstep_jax.models.pretrained.network_pickle import Module
@@ -68,7 +67,6 @@ UNET_DEFAULTS = dict(
 
 #: EDM2's deterministic sampler (generate_images.py: 2nd-order Heun, 32 steps, NFE 63).
 SAMPLING = dict(sampler="heun", num_steps=32)
-SCHEDULE = dict(sigma_min=0.002, sigma_max=80.0, rho=7.0)
 
 #: model_channels -> EDM2 size name (Table 2), for the summary and model.size.
 SIZE_NAMES = {64: "XXS", 128: "XS", 192: "S", 256: "M", 320: "L", 384: "XL", 448: "XXL"}
@@ -214,37 +212,28 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
         described = data_name or f"{shape} images (no dataset of the suite has this shape)"
     size = SIZE_NAMES.get(cfg["channels"])
     summary = dict(
-        family="edm2",
-        file=os.path.basename(path),
         architecture=(
             f"EDM2-{size or 'custom'} (magnitude-preserving UNet): {cfg['channels']} channels x "
             f"{list(cfg['channel_mult'])}, {cfg['num_blocks']} blocks per resolution, attention at "
             f"{list(cfg['attn_resolutions'])}"
         ),
         network_class=f"{ema.class_name} / {unet.class_name}",
-        parameters=models.count_params(tree),
-        resolution=shape[0],
-        channels=shape[2],
-        conditional=num_classes > 0,
-        num_classes=num_classes,
         data=described,
         encoder=encoder_name,
-        preconditioning=f"EDM, sigma_data {sigma_data:g}",
         stored_dtype=str(next(iter(unet.tensors().values())).dtype),
         ema=ema_from_file_name(path) or "not recorded in the file (nor in its name)",
         logvar_head=f"{head['freqs'].shape[0]} Fourier channels, kept (not used by the suite)" if head else None,
-        training_loss=loss_section(data),
     )
-    method = dict(name="edm", sigma_d=sigma_data, **loss_section(data), **SCHEDULE)
-    return Imported(
-        family="edm2",
-        source=os.path.abspath(path),
+    return imported(
+        "edm2",
+        path,
+        data,
         model=cfg,
-        data_shape=shape,
+        shape=shape,
         num_classes=num_classes,
         data_name=data_name,
-        method=method,
-        sampling=dict(SAMPLING),
+        sigma_data=sigma_data,
+        sampling=SAMPLING,
         params=tree,
         summary=summary,
         extra={"logvar": head} if head else {},

@@ -379,3 +379,33 @@ def test_with_sigma_needs_the_learned_sigma_head():
     params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, t)
     with pytest.raises(ValueError, match="learn_sigma=True"):
         jax.eval_shape(lambda p: net.apply(p, x, t, with_sigma=True), params)
+
+
+def test_registry_imports_sit_and_repa_as_flow_models_and_refuses_dit(monkeypatch, tmp_path):
+    """pretrained.import_file (the path of train.init_from and import_weights): SiT and REPA's SiT
+    become the flow method's velocity field (t = 0 noise), equal to the reference velocity
+    -v_repa(x, 1 - t) for REPA; a DiT file is refused with the reason."""
+    import functools
+
+    from fewstep_jax.models import import_weights, pretrained
+
+    monkeypatch.setattr(imp, "load", functools.partial(imp.load, num_heads=HEADS))  # the tiny width is not in Table 1
+    rng = np.random.default_rng(11)
+    for family in ("sit", "sit_repa"):
+        path = os.path.join(FIXTURES, FILES[family])
+        assert pretrained.detect(path) == "sit"
+        out = import_weights.convert("sit", path, str(tmp_path / family))
+        assert out.method["name"] == "flow" and out.parameterization == "flow"
+        config, params, _ = imp.load(path, family)
+        net = out.build()
+        x = rng.standard_normal((2, *out.data_shape)).astype(np.float32)
+        t = np.array([0.2, 0.7], np.float32)
+        y = np.array([0, 2], np.int32)
+        ours = np.asarray(net.apply({"params": out.params}, x, t, y))
+        reference = imp.velocity(
+            models.build(config, data_shape=out.data_shape, num_classes=out.num_classes), params, family, "flow"
+        )(x, t, y)
+        np.testing.assert_allclose(ours, np.asarray(reference), rtol=1e-4, atol=1e-5)
+        assert pretrained.load(str(tmp_path / family)).method["name"] == "flow"  # the exported folder
+    with pytest.raises(pretrained.PretrainedError, match="DiT predicts DDPM noise"):
+        pretrained.import_file(os.path.join(FIXTURES, FILES["dit"]), "dit")

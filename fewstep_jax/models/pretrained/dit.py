@@ -564,3 +564,74 @@ def to_convention(config: Mapping[str, Any], params: Any, family: str, conventio
     new["cond"]["time"]["dense_0"]["kernel"] = flipped
     new["final_linear"] = dict(final, kernel=w_new, bias=b_new)
     return new
+
+
+# ---------------------------------------------------------------------------------------------
+# The importer registry (models/pretrained/__init__.py): `read` and `detect` for torch_save files
+
+#: Latent shape and label count -> the suite's dataset (both DiT / SiT resolutions use the SD
+#: VAE's latents scaled by 0.18215: the 'sd' preset).
+_LATENT_DATASETS = {((32, 32, 4), 1000): "imagenet256_latents", ((64, 64, 4), 1000): "imagenet512_latents"}
+
+
+def detect(path: str) -> str | None:
+    """'sit' for a SiT or REPA SiT file, 'dit' for a DiT file (told apart by the file name, as the
+    weights are the same architecture), None for a file that is not a DiT / SiT state dict."""
+    from fewstep_jax.models.pretrained import PretrainedError
+
+    try:
+        obj = torch_pickle.load_object(path)
+        state_dict, _ = select_state_dict(obj, path)
+    except (torch_pickle.TorchFileError, WeightsError, OSError, EOFError, ValueError):
+        return None
+    if not any(k.startswith("x_embedder.") for k in state_dict):
+        return None
+    name = os.path.basename(path).lower()
+    if any(k.startswith("projectors.") for k in state_dict) or "sit" in name or "repa" in name:
+        return "sit"
+    if "dit" in name:
+        return "dit"
+    raise PretrainedError(f"{path}: a DiT-architecture state dict; pass --from=dit or --from=sit (SiT / REPA)")
+
+
+def read(path: str, family: str | None):
+    """A DiT / SiT `.pt` -> pretrained.Imported. SiT (and REPA's SiT, converted exactly to the flow
+    method's time convention by to_convention) are flow-matching velocity fields: the suite's
+    `flow` method samples and fine-tunes them. DiT predicts DDPM noise, which no method of the
+    suite trains, so it is refused here (its network loads with `load(path, 'dit')`)."""
+    from fewstep_jax import recipes
+    from fewstep_jax.models.pretrained import Imported, PretrainedError
+
+    family = family or detect(path)
+    if family == "dit":
+        raise PretrainedError(
+            f"{path}: DiT predicts DDPM noise (eps with learned variances), which no method of the suite "
+            "trains or samples; SiT's flow-matching weights (--from=sit) are the DiT-architecture start the "
+            "suite uses. The network itself loads with fewstep_jax.models.pretrained.dit.load(path, 'dit')"
+        )
+    obj = torch_pickle.load_object(path)
+    state_dict, _ = select_state_dict(obj, path)
+    which = "sit_repa" if any(k.startswith("projectors.") for k in state_dict) else "sit"
+    try:
+        config, params, summary = load(path, which)
+    except WeightsError as e:
+        raise PretrainedError(str(e)) from None
+    params = to_convention(config, params, which, "flow")
+    shape, classes = tuple(summary["data_shape"]), int(summary["num_classes"])
+    summary["converted"] = (
+        "REPA's time convention (t = 0 data) turned into the flow method's (t = 0 noise) inside the weights"
+        if which == "sit_repa"
+        else "none: SiT already uses the flow method's convention"
+    )
+    return Imported(
+        family="sit",
+        source=os.path.abspath(path),
+        model=dict(config),
+        data_shape=shape,
+        num_classes=classes,
+        data_name=_LATENT_DATASETS.get((shape, classes)),
+        method=dict(recipes.flow()),
+        sampling={"sampler": "euler", "num_steps": 50},
+        params=params,
+        summary=summary,
+    )

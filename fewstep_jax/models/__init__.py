@@ -25,10 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fewstep_jax.models.attention import ATTENTION_KINDS
 from fewstep_jax.models.dit import DIT_SIZES, DiT
 from fewstep_jax.models.edm2 import EDM2, EDM2_SIZES
 from fewstep_jax.models.layers import LABEL_EMBEDS, TIME_MAPS
 from fewstep_jax.models.mlp import MLP
+from fewstep_jax.models.remat import REMAT_POLICIES
 from fewstep_jax.models.unet import (
     DECODER_ATTNS,
     EMB_NORMS,
@@ -72,6 +74,16 @@ def _dtype(cfg: Mapping[str, Any]) -> Any:
     if name not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
     return _DTYPES[name]
+
+
+def _memory_options(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """model.attention (ATTENTION_KINDS) and model.remat (REMAT_POLICIES) of a network with
+    attention blocks, checked."""
+    if cfg["attention"] not in ATTENTION_KINDS:
+        raise ValueError(f"model.attention must be one of {list(ATTENTION_KINDS)}, got {cfg['attention']!r}")
+    if cfg["remat"] not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {cfg['remat']!r}")
+    return dict(attention=cfg["attention"], remat=cfg["remat"])
 
 
 def _make_mlp(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -181,6 +193,7 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         min_group_size=_positive_int(cfg, "min_group_size"),
         label_embed=_choice(cfg, "label_embed", LABEL_EMBEDS),
         **_time_map(cfg),
+        **_memory_options(cfg),
     )
 
 
@@ -232,6 +245,7 @@ def _make_dit(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int
         dtype=_dtype(cfg),
         time_endpoint=bool(cfg["time_endpoint"]),
         learn_sigma=bool(cfg["learn_sigma"]),
+        **_memory_options(cfg),
     )
 
 
@@ -276,6 +290,7 @@ def _make_edm2(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         fourier_params=bool(cfg["fourier_params"]),
         **_time_map(cfg),
         **balances,
+        **_memory_options(cfg),
     )
 
 
@@ -293,7 +308,7 @@ REGISTRY: dict[str, NetworkSpec] = {
             dropout=0.0, emb_dim=0, time_scale=1.0, use_d=False, num_groups=32, num_heads=1,
             dtype="float32", emb_norm="adaptive_scale", resample="conv", resample_filter=(1, 1),
             decoder_attn="all", norm_eps=1e-5, min_group_size=1, label_embed="table", time_map="identity",
-            time_map_sigma_d=0.5,
+            time_map_sigma_d=0.5, attention="auto", remat="none",
         ),
         make=_make_unet,
     ),
@@ -302,7 +317,7 @@ REGISTRY: dict[str, NetworkSpec] = {
             name="dit", size=None, hidden=None, depth=None, num_heads=None, patch=2, mlp_ratio=4.0,
             dropout=0.0, time_scale=1.0, use_d=False, dtype="float32",
             # The reference DiT's time frequencies and learned-sigma head (official weights).
-            time_endpoint=True, learn_sigma=False,
+            time_endpoint=True, learn_sigma=False, attention="auto", remat="none",
         ),
         make=_make_dit,
     ),
@@ -313,6 +328,7 @@ REGISTRY: dict[str, NetworkSpec] = {
             res_balance=0.3, attn_balance=0.3, clip_act=256.0, label_balance=0.5,
             concat_balance=0.5, fourier_bandwidth=1.0, time_scale=1.0, use_d=False,
             dtype="float32", fourier_params=False, time_map="identity", time_map_sigma_d=0.5,
+            attention="auto", remat="none",
         ),
         make=_make_edm2,
     ),

@@ -27,8 +27,9 @@ every block starts as the identity), LayerNorm without affine params (eps 1e-6),
 MLP ratio 4 with tanh-GELU, Xavier-uniform Linear / patch-embedding init, zero-init output layer
 (so the untrained network outputs exactly 0), model sizes S / B / L / XL (DiT Table 1).
 
-Attention is layers.attention (einsum, float32 softmax), never cuDNN fused attention (a
-custom_vjp, which jax.jvp cannot push forward).
+Attention is models.attention.attention of the kind `attention` ('auto': the fused kernel, with a
+blockwise jvp rule that jax.jvp can push forward at O(tokens) memory); `remat` rematerializes each
+block (models.remat).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fewstep_jax.models import attention as attention_lib
 from fewstep_jax.models import layers
+from fewstep_jax.models import remat as remat_lib
 
 Array = jax.Array
 
@@ -124,6 +127,7 @@ class DiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    attention: str = "auto"  # attention_lib.ATTENTION_KINDS
 
     @nn.compact
     def __call__(self, x: Array, c_act: Array, train: bool) -> Array:
@@ -136,7 +140,8 @@ class DiTBlock(nn.Module):
 
         h = modulate(layer_norm(x), shift1, scale1, self.dtype)
         qkv = _dense(3 * width, self.dtype, "qkv")(h).reshape(batch, length, 3, self.num_heads, head_dim)
-        a = layers.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(batch, length, width)
+        a = attention_lib.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.attention)
+        a = a.reshape(batch, length, width)
         a = _dense(width, self.dtype, "proj")(a)
         if self.dropout > 0.0:
             a = nn.Dropout(self.dropout, deterministic=not train)(a)
@@ -157,7 +162,8 @@ class DiT(nn.Module):
     Fields: hidden (token width), depth (number of adaLN-Zero blocks), num_heads, patch (patch
     side), mlp_ratio, dropout (on attention / MLP outputs, train only), time_scale (t is embedded as
     positional_embedding(time_scale * t)), use_d (accept a second scalar d), num_classes (0 =
-    unconditional; id num_classes is NULL), dtype (computation dtype; params float32). Sizes of
+    unconditional; id num_classes is NULL), dtype (computation dtype; params float32), attention
+    (attention_lib.ATTENTION_KINDS), remat (remat_lib.REMAT_POLICIES, per block). Sizes of
     DiT Table 1 are in DIT_SIZES (e.g. DiT-XL/2: hidden 1152, depth 28, 16 heads, patch 2).
 
     Conditioning c = emb(t) (+ emb(d)) (+ label table row), layers.ConditioningEmbedding.
@@ -178,6 +184,8 @@ class DiT(nn.Module):
     dtype: Any = jnp.float32
     time_endpoint: bool = True
     learn_sigma: bool = False
+    attention: str = "auto"
+    remat: str = "none"
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -226,10 +234,11 @@ class DiT(nn.Module):
         pos = sincos_2d_embedding(grid_h, grid_w, self.hidden)
         h = h + jnp.asarray(pos, dtype=h.dtype)[None]
 
+        block = remat_lib.remat_block(DiTBlock, self.remat, static_argnums=(3,))  # train is static
         for i in range(self.depth):
-            h = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}")(
-                h, c_act, train
-            )
+            h = block(
+                self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}", attention=self.attention
+            )(h, c_act, train)
 
         # Final layer: adaLN (shift, scale) + LayerNorm + zero-init Dense to the patch pixels.
         shift, scale = jnp.split(

@@ -27,7 +27,8 @@ one-hot (times sqrt(num_classes)), and the NULL id num_classes maps to the all-z
 input for "no label", so the label layer has exactly EDM2's shape; an optional second scalar d gets
 its own MPFourier + MPConv, mp_sum-ed with the time embedding; `dropout_res` restricts dropout to
 resolutions <= dropout_res (ECT's ImageNet-64 networks, Geng et al. 2024). Attention is
-layers.attention (einsum, float32 softmax), never a custom_vjp.
+models.attention.attention of the kind `attention` (jvp-safe; 'auto' runs the fused kernel with a
+blockwise jvp rule); `remat` rematerializes each block (models.remat).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fewstep_jax.models import attention as attention_lib
 from fewstep_jax.models import layers
+from fewstep_jax.models import remat as remat_lib
 
 Array = jax.Array
 
@@ -177,6 +180,7 @@ class Block(nn.Module):
     attn_balance: float = 0.3
     clip_act: float = 256.0
     dtype: Any = jnp.float32
+    attention_kind: str = "auto"  # attention_lib.ATTENTION_KINDS (`attention` says whether there is one)
 
     def _conv(self, features: int, kernel: int, name: str) -> MPConv:
         return MPConv(features, (kernel, kernel), self.dtype, name=name)
@@ -210,7 +214,8 @@ class Block(nn.Module):
             # Channel layout (head, channel, q/k/v), as EDM2's reshape; pixel norm per head.
             qkv = normalize(qkv.reshape(batch, height * width, heads, self.channels_per_head, 3), axis=3)
             qkv = qkv.astype(self.dtype)
-            a = layers.attention(qkv[..., 0], qkv[..., 1], qkv[..., 2]).reshape(batch, height, width, out)
+            a = attention_lib.attention(qkv[..., 0], qkv[..., 1], qkv[..., 2], self.attention_kind)
+            a = a.reshape(batch, height, width, out)
             x = mp_sum(x, self._conv(out, 1, "attn_proj")(a), self.attn_balance)
         if self.clip_act > 0:
             x = jnp.clip(x, min=-self.clip_act, max=self.clip_act)
@@ -257,7 +262,8 @@ class EDM2(nn.Module):
     params float32), fourier_params (the time embedding's MPFourier frequencies and phases are
     parameters `emb_fourier/freqs`, `emb_fourier/phases` (MPFourier) rather than seeded
     constants: imported EDM2 networks carry the released ones), time_map / time_map_sigma_d
-    (layers.map_time: 'edm_as_trigflow' runs an EDM-preconditioned network as a TrigFlow one).
+    (layers.map_time: 'edm_as_trigflow' runs an EDM-preconditioned network as a TrigFlow one),
+    attention (attention_lib.ATTENTION_KINDS), remat (remat_lib.REMAT_POLICIES, per block).
     Embedding widths as EDM2: noise features channels * channel_mult[0], embedding channels *
     max(channel_mult).
     """
@@ -282,6 +288,8 @@ class EDM2(nn.Module):
     fourier_params: bool = False
     time_map: str = "identity"
     time_map_sigma_d: float = 0.5
+    attention: str = "auto"
+    remat: str = "none"
 
     # The training loop's post-update projection (models.param_projection).
     project_params = staticmethod(project_params)
@@ -336,12 +344,15 @@ class EDM2(nn.Module):
         levels = len(widths)
         resolution = x.shape[1]
 
+        block_cls = remat_lib.remat_block(Block, self.remat, static_argnums=(3,))  # train is static
+
         def block(width: int, res: int, name: str, flavor: str, **kw) -> Block:
             in_range = self.dropout_res == 0 or res <= self.dropout_res
-            return Block(
+            return block_cls(
                 width, flavor, channels_per_head=self.channels_per_head,
                 dropout=self.dropout if in_range else 0.0, res_balance=self.res_balance,
-                attn_balance=self.attn_balance, clip_act=self.clip_act, dtype=self.dtype, name=name, **kw,
+                attn_balance=self.attn_balance, clip_act=self.clip_act, dtype=self.dtype, name=name,
+                attention_kind=self.attention, **kw,
             )
 
         # Encoder: a constant-one channel lets the first conv see the image border.

@@ -32,7 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fewstep_jax.models import attention as attention_lib
 from fewstep_jax.models import layers
+from fewstep_jax.models import remat as remat_lib
 
 Array = jax.Array
 
@@ -150,7 +152,8 @@ class AttentionBlock(nn.Module):
     """DDPM++ self-attention block: out = (x + proj(MHA(qkv(GN(x))))) / sqrt(2).
 
     qkv and proj are 1x1 convs (Dense on channels); proj starts near zero so the block starts as
-    (scaled) identity. Attention is `layers.attention` (einsum + float32 softmax, jvp-safe).
+    (scaled) identity. Attention is `attention_lib.attention` of the kind `attention`
+    (attention_lib.ATTENTION_KINDS; float32 softmax, jvp-safe).
     x [B, H, W, C] -> [B, H, W, C]; C must be divisible by num_heads.
     """
 
@@ -159,6 +162,7 @@ class AttentionBlock(nn.Module):
     dtype: Any = jnp.float32
     norm_eps: float = 1e-5
     min_group_size: int = 1
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -178,7 +182,7 @@ class AttentionBlock(nn.Module):
         )(h)
         qkv = qkv.reshape(batch, height * width, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        a = layers.attention(q, k, v).reshape(batch, height, width, channels)
+        a = attention_lib.attention(q, k, v, self.attention).reshape(batch, height, width, channels)
         a = nn.Dense(channels, dtype=self.dtype, kernel_init=layers.small_init(), name="proj")(a)
         return (x + a) * SKIP_SCALE
 
@@ -225,8 +229,9 @@ class UNet(nn.Module):
     decoder_attn (DECODER_ATTNS), norm_eps (GroupNorm eps), min_group_size (GroupNorm channels per
     group at least, layers.group_count), label_embed (layers.LABEL_EMBEDS: 'onehot_linear' is EDM's
     SongUNet label input), time_map / time_map_sigma_d (layers.map_time: 'edm_as_trigflow' runs an
-    EDM-preconditioned network as a TrigFlow one). The defaults are the DDPM++-style network;
-    recipes.ddpmpp_unet() holds EDM's DDPM++.
+    EDM-preconditioned network as a TrigFlow one), attention (attention_lib.ATTENTION_KINDS), remat
+    (remat_lib.REMAT_POLICIES, applied to every residual and attention block). The defaults are
+    the DDPM++-style network; recipes.ddpmpp_unet() holds EDM's DDPM++.
     """
 
     channels: int = 64
@@ -250,6 +255,8 @@ class UNet(nn.Module):
     label_embed: str = "table"
     time_map: str = "identity"
     time_map_sigma_d: float = 0.5
+    attention: str = "auto"
+    remat: str = "none"
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -302,15 +309,19 @@ class UNet(nn.Module):
                 f"got {self.resample!r}, {self.decoder_attn!r}"
             )
         norm = dict(norm_eps=self.norm_eps, min_group_size=self.min_group_size)
+        res_cls = remat_lib.remat_block(ResBlock, self.remat, static_argnums=(3,))  # train is static
+        attn_cls = remat_lib.remat_block(AttentionBlock, self.remat)
 
         def res_block(width: int, name: str, resample: str = "keep") -> ResBlock:
-            return ResBlock(
+            return res_cls(
                 width, self.dropout, self.num_groups, self.dtype, self.emb_norm, resample,
                 self.resample_filter, name=name, **norm,
             )
 
         def attn_block(name: str) -> AttentionBlock:
-            return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name, **norm)
+            return attn_cls(
+                self.num_heads, self.num_groups, self.dtype, name=name, attention=self.attention, **norm
+            )
 
         def change_resolution(h: Array, mode: str, name: str) -> Array:
             if self.resample == "residual":

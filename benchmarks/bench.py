@@ -31,7 +31,6 @@ targets (each method's `step_cost_target`) are reported next to the measured rat
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 import gc
 import json
@@ -88,16 +87,10 @@ def progress(message: str) -> None:
 
 
 def model_overrides() -> dict:
-    out = {}
-    for item in FLAGS.model_override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"--model_override needs KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
+    try:
+        return harness.parse_overrides(FLAGS.model_override)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
 
 
 def batch_size() -> int:
@@ -425,7 +418,7 @@ def main(argv):
         "mfu_target": MFU_TARGETS.get(FLAGS.network),
         **measured,
     }
-    tag = FLAGS.tag or f"{harness.machine_slug(report['machine'])}-{FLAGS.network}"
+    tag = FLAGS.tag or f"{harness.machine_tag(report['machine'])}-{FLAGS.network}"
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     base = os.path.join(FLAGS.out_dir, f"bench_{tag}")
     with open(base + ".json", "w") as f:

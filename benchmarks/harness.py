@@ -13,6 +13,7 @@ dataset has to be prepared; batches are made before timing and never count.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import os
@@ -208,12 +209,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def machine_slug(machine: dict) -> str:
-    """A file-name tag of the machine: cpu<cores>-<model>, or the accelerator kind and count."""
+def machine_tag(machine: dict) -> str:
+    """Short name of a machine (describe_machine's output) for result file names."""
     if machine["platform"] == "cpu":
         return f"cpu{machine['cpu_count']}-{slug(machine['cpu_model'])}"
     count = machine["device_count"]
     return slug(machine["device_kind"]) + (f"-x{count}" if count > 1 else "")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> {KEY: VALUE}, VALUE read as a Python literal where it is one."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model_override needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
 
 
 def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:

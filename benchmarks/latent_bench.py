@@ -196,7 +196,7 @@ def main(argv):
         "rows": rows,
     }
     report["fid_cost"] = fid_cost(rows)
-    tag = FLAGS.tag or harness.machine_slug(report["machine"])
+    tag = FLAGS.tag or harness.machine_tag(report["machine"])
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     base = os.path.join(FLAGS.out_dir, f"latent_bench_{tag}")
     with open(base + ".json", "w") as f:

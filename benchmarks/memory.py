@@ -1,0 +1,273 @@
+"""Memory against step time of the jvp training step, per rematerialization policy (model.remat).
+
+  make bench-memory                    # = python benchmarks/memory.py: DiT-XL/2 MeanFlow, EDM2-L sCT
+  python benchmarks/memory.py --runs=dit_xl2_meanflow --remat=none,nothing_saveable --time_batch=0
+  python benchmarks/memory.py --memory_batch=64 --time_batch=4 --steps=5       # on a GPU
+
+Runs (the paper configurations, network and method unchanged, random batches of the data's shape):
+  dit_xl2_meanflow   configs/meanflow_imagenet256.py:xl  DiT-XL/2 on 32x32x4 latents, MeanFlow (jvp of u)
+  edm2_l_sct         configs/scm_sct_imagenet64.py:l     EDM2-L on 64x64x3 images, sCT (jvp of F)
+
+For every run and policy:
+  train step   XLA's memory plan (compiled.memory_analysis) of the whole training step at
+               --memory_batch per device: parameters, EMAs and Adam state (arguments, donated),
+               temporaries (activations and what the backward pass keeps), the new state (outputs).
+               Compiled only: nothing is allocated, so any model size can be planned on a CPU.
+  loss + grad  the jvp loss and its gradient (the step without the optimizer update, so that only
+               parameters and gradients are allocated) at --time_batch: its memory plan and the
+               median of --steps measured steps after one warm-up step (--time_batch=0: skip).
+XLA:CPU expands jax.checkpoint's optimization barriers before common-subexpression elimination,
+which then merges the recomputation with the forward pass, so on a CPU rematerialization would
+change nothing; every compilation here keeps the barriers (xla_disable_hlo_passes=
+cse_barrier_expander), so the plans show what the policy does.
+
+Writes --out_dir/memory_<machine>.json and .md and prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import harness
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+from fewstep_jax import config_lib, experiment, sharding, train
+from fewstep_jax import methods as methods_lib
+
+#: Compiler options of every compilation here (see the module docstring).
+KEEP_REMAT_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    title: str
+    config: str  # configs/<file>.py:<variant>
+    network: harness.Network
+
+
+RUNS = {
+    r.name: r
+    for r in (
+        Run(
+            "dit_xl2_meanflow",
+            "DiT-XL/2, MeanFlow (configs/meanflow_imagenet256.py:xl), 32x32x4 latents, 1,000 classes",
+            "meanflow_imagenet256:xl",
+            harness.Network(
+                "imagenet256_latents",
+                "",
+                0,
+                dict(name="imagenet256_latents", conditional=True),
+                shape=(32, 32, 4),
+                num_classes=1000,
+            ),
+        ),
+        Run(
+            "edm2_l_sct",
+            "EDM2-L, sCT (configs/scm_sct_imagenet64.py:l), 64x64x3 images, 1,000 classes",
+            "scm_sct_imagenet64:l",
+            harness.Network(
+                "imagenet64",
+                "",
+                0,
+                dict(name="imagenet64", conditional=True),
+                shape=(64, 64, 3),
+                num_classes=1000,
+                data_std=0.5,
+            ),
+        ),
+    )
+}
+
+flags.DEFINE_list("runs", list(RUNS), f"Runs: {', '.join(RUNS)}.")
+flags.DEFINE_list("remat", ["none", "dots_saveable", "nothing_saveable"], "model.remat policies.")
+flags.DEFINE_string("attention", "auto", "model.attention of every run.")
+flags.DEFINE_integer("memory_batch", 32, "Per-device batch of the compiled training step's memory plan.")
+flags.DEFINE_integer("time_batch", 1, "Batch of the timed loss + gradient steps (0: compile-only).")
+flags.DEFINE_integer("steps", 2, "Timed steps per configuration (after one warm-up step).")
+flags.DEFINE_string("out_dir", os.path.join(harness.REPO, "benchmarks", "results"), "Where memory_<tag>.json / .md go.")
+flags.DEFINE_string("tag", "", "Result file tag (default: the machine).")
+flags.DEFINE_multi_string("model_override", [], "KEY=VALUE (a Python literal) set in every run's model section.")
+FLAGS = flags.FLAGS
+
+T0 = time.perf_counter()
+MIB = 2**20
+
+
+def progress(message: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def run_config(run: Run, remat: str, batch: int) -> ml_collections.ConfigDict:
+    file, _, variant = run.config.partition(":")
+    config = config_lib.load_config(os.path.join(harness.REPO, "configs", f"{file}.py"), variant or None)
+    config.model.update(harness.parse_overrides(FLAGS.model_override))
+    config.model.remat = remat
+    config.model.attention = FLAGS.attention
+    config.data = ml_collections.ConfigDict(run.network.data)
+    config.train.batch_size = batch * jax.device_count()
+    config.train.update(dict(sample_every=0, eval_every=0, init_from=""))
+    return config
+
+
+def plan(compiled) -> dict[str, float]:
+    m = compiled.memory_analysis()
+    sizes = {k: getattr(m, f"{k}_size_in_bytes") / MIB for k in ("argument", "output", "alias", "temp")}
+    # Peak of the plan: inputs, temporaries and the outputs that do not reuse (donated) inputs.
+    sizes["total"] = sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]
+    return sizes
+
+
+def train_step_plan(run: Run, remat: str, workdir: str) -> tuple[dict[str, float], float, int]:
+    """(memory plan, compile seconds, parameter count) of the full training step, compiled only."""
+    config = run_config(run, remat, FLAGS.memory_batch)
+    with harness.random_batches(run.network):
+        exp = experiment.setup(config, os.path.join(workdir, f"{run.name}-{remat}-plan"))
+    try:
+        batch = sharding.global_batch(next(exp.iterator), exp.batch_sharding)
+        start = time.perf_counter()
+        lowered = train.make_train_step(exp).lower(exp.abstract_state, batch)
+        compiled = lowered.compile(compiler_options=KEEP_REMAT_BARRIERS)
+        seconds = time.perf_counter() - start
+        count = sum(leaf.size for leaf in jax.tree.leaves(exp.abstract_state.params["net"]))
+        return plan(compiled), seconds, int(count)
+    finally:
+        exp.checkpointer.close()
+
+
+def timed_gradient(run: Run, remat: str, workdir: str) -> dict:
+    """Memory plan and measured seconds of the loss + gradient at --time_batch."""
+    config = run_config(run, remat, FLAGS.time_batch)
+    with harness.random_batches(run.network):
+        exp = experiment.setup(config, os.path.join(workdir, f"{run.name}-{remat}-time"))
+    try:
+        method = exp.method
+        example = harness.example_batch(exp.info)
+        with harness.unoptimized_compilation():
+            params = jax.jit(lambda key: method.project_params(method.init_params(key, example)))(jax.random.key(0))
+        extra = method.init_extra(params)
+        batches = [sharding.global_batch(next(exp.iterator), exp.batch_sharding) for _ in range(2)]
+
+        def loss_and_grad(params, batch, step):
+            rng = jax.random.fold_in(jax.random.key(1), step)
+            inputs = methods_lib.LossInputs(params, exp.frozen, extra)
+            return jax.value_and_grad(lambda p: method.loss(p, batch, rng, step, inputs), has_aux=True)(params)
+
+        start = time.perf_counter()
+        compiled = jax.jit(loss_and_grad).lower(params, batches[0], 0).compile(compiler_options=KEEP_REMAT_BARRIERS)
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready(compiled(params, batches[0], 0))  # warm-up
+        times = []
+        for i in range(FLAGS.steps):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(params, batches[(i + 1) % 2], i + 1))
+            times.append(time.perf_counter() - start)
+        del params
+        gc.collect()
+        return {"plan": plan(compiled), "compile_s": compile_s, "times_s": times, "median_s": statistics.median(times)}
+    finally:
+        exp.checkpointer.close()
+
+
+def gib(mib: float) -> str:
+    return f"{mib / 1024:.2f}"
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    timed = s["time_batch"] > 0
+    lines = [
+        "| run | remat | train step: temp GiB | train step: total GiB | loss + grad: temp GiB "
+        "| loss + grad: s / step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        step = row["train_step"]
+        grad = row.get("loss_grad")
+        temp = gib(grad["plan"]["temp"]) if grad else "-"
+        seconds = f"{grad['median_s']:.1f}" if grad else "-"
+        lines.append(
+            f"| {row['run']} | {row['remat']} | {gib(step['temp'])} | {gib(step['total'])} | {temp} | {seconds} |"
+        )
+    header = [
+        f"Machine: {report['machine']['description']}. Command: `{report['command']}` "
+        f"({report['wall_s'] / 60:.0f} min).",
+        "",
+        f"Train step: XLA's plan of the whole training step (Adam, EMAs, model.attention='{s['attention']}') at "
+        f"batch {s['memory_batch']} per device, compiled only; total = arguments + temporaries + outputs - donated. "
+        + (
+            f"Loss + grad: the jvp loss and its gradient at batch {s['time_batch']}, XLA's temporaries and the "
+            f"median of {s['steps']} measured steps after a warm-up step."
+            if timed
+            else "Loss + grad: not timed (--time_batch=0)."
+        ),
+        "",
+    ]
+    params = {row["run"]: row["num_params"] for row in report["rows"]}
+    notes = [f"- {name}: {RUNS[name].title}, {count / 1e6:.0f}M parameters." for name, count in params.items()]
+    return "\n".join(header + lines + [""] + notes) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    unknown = [r for r in FLAGS.runs if r not in RUNS]
+    if unknown:
+        raise app.UsageError(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
+    if FLAGS.memory_batch < 1 or FLAGS.time_batch < 0 or FLAGS.steps < 1:
+        raise app.UsageError("--memory_batch and --steps must be positive, --time_batch not negative")
+    try:
+        harness.parse_overrides(FLAGS.model_override)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    logging.set_verbosity(logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="memory_") as workdir:
+        for name in FLAGS.runs:
+            run = RUNS[name]
+            for remat in FLAGS.remat:
+                progress(f"{name}, remat={remat}: compiling the training step at batch {FLAGS.memory_batch}")
+                step_plan, compile_s, count = train_step_plan(run, remat, workdir)
+                row = dict(run=name, remat=remat, num_params=count, train_step=step_plan, compile_s=compile_s)
+                progress(f"  temp {gib(step_plan['temp'])} GiB, total {gib(step_plan['total'])} GiB, {compile_s:.0f} s")
+                if FLAGS.time_batch:
+                    row["loss_grad"] = grad = timed_gradient(run, remat, workdir)
+                    progress(f"  loss + grad at batch {FLAGS.time_batch}: {grad['median_s']:.1f} s / step")
+                rows.append(row)
+    report = {
+        "schema": 1,
+        "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in sys.argv[1:]),
+        "wall_s": time.perf_counter() - T0,
+        "machine": harness.describe_machine(),
+        "settings": {
+            "memory_batch": FLAGS.memory_batch,
+            "time_batch": FLAGS.time_batch,
+            "steps": FLAGS.steps,
+            "attention": FLAGS.attention,
+            "compiler_options": KEEP_REMAT_BARRIERS,
+        },
+        "rows": rows,
+    }
+    tag = FLAGS.tag or harness.machine_tag(report["machine"])
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    base = os.path.join(FLAGS.out_dir, f"memory_{tag}")
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    table = markdown(report)
+    with open(base + ".md", "w") as f:
+        f.write(table)
+    print(table)
+    progress(f"wrote {base}.json and {base}.md")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -7,9 +7,11 @@ DEMO_CONFIG  ?= configs/sct_digits.py:scratch
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS  ?= -n 2
 BENCH_ARGS   ?=
+MEMORY_ARGS  ?=
+LATENT_BENCH_ARGS ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: install demo test bench bench-latent reproduce clean
+.PHONY: install demo test bench bench-latent bench-memory reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
@@ -42,6 +44,12 @@ bench: $(STAMP)
 # make bench-latent LATENT_BENCH_ARGS='--batches=32,64,128 --precisions=fp32_highest,fp32,bf16'
 bench-latent: $(STAMP)
 	$(BIN)/python benchmarks/latent_bench.py $(LATENT_BENCH_ARGS)
+
+# XLA's memory plan of the jvp training step (DiT-XL/2 MeanFlow, EDM2-L sCT) per rematerialization
+# policy (model.remat), and the measured loss + gradient step; writes benchmarks/results/memory_<machine>.{json,md}.
+# About an hour on 2 CPU cores; compile-only: make bench-memory MEMORY_ARGS='--time_batch=0'.
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py $(MEMORY_ARGS)
 
 # Every method on toy2d and digits with the same network and budget, evaluated at 1-8 NFE (and the
 # baselines to 64): docs/REPRODUCTION.md and its pictures. About 85 min on 2 CPU cores; runs go to

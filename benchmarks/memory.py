@@ -15,7 +15,9 @@ For every run and policy:
                Compiled only: nothing is allocated, so any model size can be planned on a CPU.
   loss + grad  the jvp loss and its gradient (the step without the optimizer update, so that only
                parameters and gradients are allocated) at --time_batch: its memory plan and the
-               median of --steps measured steps after one warm-up step (--time_batch=0: skip).
+               median of --steps measured steps after one warm-up step (--time_batch=0: skip;
+               on a CPU also skipped when the plan needs more than --max_memory_fraction of the
+               available memory, since the machine may be shared).
 XLA:CPU expands jax.checkpoint's optimization barriers before common-subexpression elimination,
 which then merges the recomputation with the forward pass, so on a CPU rematerialization would
 change nothing; every compilation here keeps the barriers (xla_disable_hlo_passes=
@@ -96,6 +98,9 @@ flags.DEFINE_integer("time_batch", 1, "Batch of the timed loss + gradient steps 
 flags.DEFINE_integer("steps", 2, "Timed steps per configuration (after one warm-up step).")
 flags.DEFINE_string("out_dir", os.path.join(harness.REPO, "benchmarks", "results"), "Where memory_<tag>.json / .md go.")
 flags.DEFINE_string("tag", "", "Result file tag (default: the machine).")
+flags.DEFINE_float(
+    "max_memory_fraction", 0.7, "On a CPU, time only when the plan fits in this share of the available memory."
+)
 flags.DEFINE_multi_string("model_override", [], "KEY=VALUE (a Python literal) set in every run's model section.")
 FLAGS = flags.FLAGS
 
@@ -144,36 +149,62 @@ def train_step_plan(run: Run, remat: str, workdir: str) -> tuple[dict[str, float
         exp.checkpointer.close()
 
 
+def available_mib() -> float | None:
+    """MemAvailable of /proc/meminfo in MiB (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def timed_gradient(run: Run, remat: str, workdir: str) -> dict:
-    """Memory plan and measured seconds of the loss + gradient at --time_batch."""
+    """Memory plan and measured seconds of the loss + gradient at --time_batch. Compiled against
+    abstract parameters first; nothing is allocated when the plan exceeds --max_memory_fraction of
+    the host's available memory on a CPU (the machine may be shared)."""
     config = run_config(run, remat, FLAGS.time_batch)
     with harness.random_batches(run.network):
         exp = experiment.setup(config, os.path.join(workdir, f"{run.name}-{remat}-time"))
     try:
         method = exp.method
         example = harness.example_batch(exp.info)
-        with harness.unoptimized_compilation():
-            params = jax.jit(lambda key: method.project_params(method.init_params(key, example)))(jax.random.key(0))
-        extra = method.init_extra(params)
+
+        def init(key):
+            return method.project_params(method.init_params(key, example))
+
+        key = jax.random.key(0)
+        params = jax.eval_shape(init, key)
+        extra = jax.eval_shape(method.init_extra, params)
         batches = [sharding.global_batch(next(exp.iterator), exp.batch_sharding) for _ in range(2)]
 
-        def loss_and_grad(params, batch, step):
+        def loss_and_grad(params, extra, batch, step):
             rng = jax.random.fold_in(jax.random.key(1), step)
             inputs = methods_lib.LossInputs(params, exp.frozen, extra)
             return jax.value_and_grad(lambda p: method.loss(p, batch, rng, step, inputs), has_aux=True)(params)
 
         start = time.perf_counter()
-        compiled = jax.jit(loss_and_grad).lower(params, batches[0], 0).compile(compiler_options=KEEP_REMAT_BARRIERS)
-        compile_s = time.perf_counter() - start
-        jax.block_until_ready(compiled(params, batches[0], 0))  # warm-up
+        lowered = jax.jit(loss_and_grad).lower(params, extra, batches[0], 0)
+        compiled = lowered.compile(compiler_options=KEEP_REMAT_BARRIERS)
+        out = {"plan": plan(compiled), "compile_s": time.perf_counter() - start}
+        available = available_mib() if jax.default_backend() == "cpu" else None
+        if available is not None and out["plan"]["total"] > FLAGS.max_memory_fraction * available:
+            out["skipped"] = f"needs {gib(out['plan']['total'])} GiB, {gib(available)} GiB available"
+            return out
+        with harness.unoptimized_compilation():
+            params = jax.jit(init)(key)
+        extra = method.init_extra(params)
+        jax.block_until_ready(compiled(params, extra, batches[0], 0))  # warm-up
         times = []
         for i in range(FLAGS.steps):
             start = time.perf_counter()
-            jax.block_until_ready(compiled(params, batches[(i + 1) % 2], i + 1))
+            jax.block_until_ready(compiled(params, extra, batches[(i + 1) % 2], i + 1))
             times.append(time.perf_counter() - start)
-        del params
+        del params, extra
         gc.collect()
-        return {"plan": plan(compiled), "compile_s": compile_s, "times_s": times, "median_s": statistics.median(times)}
+        return dict(out, times_s=times, median_s=statistics.median(times))
     finally:
         exp.checkpointer.close()
 
@@ -194,7 +225,9 @@ def markdown(report: dict) -> str:
         step = row["train_step"]
         grad = row.get("loss_grad")
         temp = gib(grad["plan"]["temp"]) if grad else "-"
-        seconds = f"{grad['median_s']:.1f}" if grad else "-"
+        seconds = (
+            "-" if not grad else f"not run ({grad['skipped']})" if "skipped" in grad else f"{grad['median_s']:.2f}"
+        )
         lines.append(
             f"| {row['run']} | {row['remat']} | {gib(step['temp'])} | {gib(step['total'])} | {temp} | {seconds} |"
         )
@@ -241,7 +274,10 @@ def main(argv):
                 progress(f"  temp {gib(step_plan['temp'])} GiB, total {gib(step_plan['total'])} GiB, {compile_s:.0f} s")
                 if FLAGS.time_batch:
                     row["loss_grad"] = grad = timed_gradient(run, remat, workdir)
-                    progress(f"  loss + grad at batch {FLAGS.time_batch}: {grad['median_s']:.1f} s / step")
+                    timing = grad.get("skipped") or f"{grad['median_s']:.2f} s / step"
+                    progress(
+                        f"  loss + grad at batch {FLAGS.time_batch}: temp {gib(grad['plan']['temp'])} GiB, {timing}"
+                    )
                 rows.append(row)
     report = {
         "schema": 1,

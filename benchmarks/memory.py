@@ -7,6 +7,9 @@
 Runs (the paper configurations, network and method unchanged, random batches of the data's shape):
   dit_xl2_meanflow   configs/meanflow_imagenet256.py:xl  DiT-XL/2 on 32x32x4 latents, MeanFlow (jvp of u)
   edm2_l_sct         configs/scm_sct_imagenet64.py:l     EDM2-L on 64x64x3 images, sCT (jvp of F)
+  dit_b2_meanflow    configs/meanflow_imagenet256.py:b4, patch 2: DiT-B/2 (not by default)
+  edm2_s_sct         configs/scm_sct_imagenet64.py:s     EDM2-S (not by default)
+Each run and policy is measured in a fresh process (--nofresh_process: all in this one).
 
 For every run and policy:
   train step   XLA's memory plan (compiled.memory_analysis) of the whole training step at
@@ -33,9 +36,11 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import harness
 import jax
@@ -55,8 +60,20 @@ class Run:
     title: str
     config: str  # configs/<file>.py:<variant>
     network: harness.Network
+    model: tuple[tuple[str, Any], ...] = ()  # model-section changes to the paper configuration
 
 
+LATENTS_256 = harness.Network(
+    "imagenet256_latents",
+    "",
+    0,
+    dict(name="imagenet256_latents", conditional=True),
+    shape=(32, 32, 4),
+    num_classes=1000,
+)
+IMAGENET_64 = harness.Network(
+    "imagenet64", "", 0, dict(name="imagenet64", conditional=True), shape=(64, 64, 3), num_classes=1000, data_std=0.5
+)
 RUNS = {
     r.name: r
     for r in (
@@ -64,33 +81,33 @@ RUNS = {
             "dit_xl2_meanflow",
             "DiT-XL/2, MeanFlow (configs/meanflow_imagenet256.py:xl), 32x32x4 latents, 1,000 classes",
             "meanflow_imagenet256:xl",
-            harness.Network(
-                "imagenet256_latents",
-                "",
-                0,
-                dict(name="imagenet256_latents", conditional=True),
-                shape=(32, 32, 4),
-                num_classes=1000,
-            ),
+            LATENTS_256,
         ),
         Run(
             "edm2_l_sct",
             "EDM2-L, sCT (configs/scm_sct_imagenet64.py:l), 64x64x3 images, 1,000 classes",
             "scm_sct_imagenet64:l",
-            harness.Network(
-                "imagenet64",
-                "",
-                0,
-                dict(name="imagenet64", conditional=True),
-                shape=(64, 64, 3),
-                num_classes=1000,
-                data_std=0.5,
-            ),
+            IMAGENET_64,
+        ),
+        # Smaller members of the same families, small enough to time on a shared CPU machine.
+        Run(
+            "dit_b2_meanflow",
+            "DiT-B/2, MeanFlow (configs/meanflow_imagenet256.py:b4 with patch 2), 32x32x4 latents, 1,000 classes",
+            "meanflow_imagenet256:b4",
+            LATENTS_256,
+            model=(("patch", 2),),
+        ),
+        Run(
+            "edm2_s_sct",
+            "EDM2-S, sCT (configs/scm_sct_imagenet64.py:s), 64x64x3 images, 1,000 classes",
+            "scm_sct_imagenet64:s",
+            IMAGENET_64,
         ),
     )
 }
+DEFAULT_RUNS = ("dit_xl2_meanflow", "edm2_l_sct")
 
-flags.DEFINE_list("runs", list(RUNS), f"Runs: {', '.join(RUNS)}.")
+flags.DEFINE_list("runs", list(DEFAULT_RUNS), f"Runs: {', '.join(RUNS)}.")
 flags.DEFINE_list("remat", ["none", "dots_saveable", "nothing_saveable"], "model.remat policies.")
 flags.DEFINE_string("attention", "auto", "model.attention of every run.")
 flags.DEFINE_integer("memory_batch", 32, "Per-device batch of the compiled training step's memory plan.")
@@ -102,6 +119,10 @@ flags.DEFINE_float(
     "max_memory_fraction", 0.7, "On a CPU, time only when the plan fits in this share of the available memory."
 )
 flags.DEFINE_multi_string("model_override", [], "KEY=VALUE (a Python literal) set in every run's model section.")
+flags.DEFINE_bool(
+    "fresh_process", True, "Measure each run and policy in a fresh process, so compilations do not pile up in memory."
+)
+flags.DEFINE_string("part_out", "", "(internal) measure the one run and policy given, write its row here.")
 FLAGS = flags.FLAGS
 
 T0 = time.perf_counter()
@@ -115,6 +136,7 @@ def progress(message: str) -> None:
 def run_config(run: Run, remat: str, batch: int) -> ml_collections.ConfigDict:
     file, _, variant = run.config.partition(":")
     config = config_lib.load_config(os.path.join(harness.REPO, "configs", f"{file}.py"), variant or None)
+    config.model.update(dict(run.model))
     config.model.update(harness.parse_overrides(FLAGS.model_override))
     config.model.remat = remat
     config.model.attention = FLAGS.attention
@@ -250,6 +272,42 @@ def markdown(report: dict) -> str:
     return "\n".join(header + lines + [""] + notes) + "\n"
 
 
+def measure(name: str, remat: str) -> dict:
+    """The table row of one run and policy."""
+    run = RUNS[name]
+    with tempfile.TemporaryDirectory(prefix="memory_") as workdir:
+        progress(f"{name}, remat={remat}: compiling the training step at batch {FLAGS.memory_batch}")
+        step_plan, compile_s, count = train_step_plan(run, remat, workdir)
+        row = dict(run=name, remat=remat, num_params=count, train_step=step_plan, compile_s=compile_s)
+        progress(f"  temp {gib(step_plan['temp'])} GiB, total {gib(step_plan['total'])} GiB, {compile_s:.0f} s")
+        if FLAGS.time_batch:
+            row["loss_grad"] = grad = timed_gradient(run, remat, workdir)
+            timing = grad.get("skipped") or f"{grad['median_s']:.2f} s / step"
+            progress(f"  loss + grad at batch {FLAGS.time_batch}: temp {gib(grad['plan']['temp'])} GiB, {timing}")
+    return row
+
+
+def measure_in_fresh_process(name: str, remat: str, path: str) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--runs={name}",
+        f"--remat={remat}",
+        f"--part_out={path}",
+        f"--attention={FLAGS.attention}",
+        f"--memory_batch={FLAGS.memory_batch}",
+        f"--time_batch={FLAGS.time_batch}",
+        f"--steps={FLAGS.steps}",
+        f"--max_memory_fraction={FLAGS.max_memory_fraction}",
+        *[f"--model_override={o}" for o in FLAGS.model_override],
+    ]
+    done = subprocess.run(cmd, cwd=harness.REPO)
+    if done.returncode:
+        raise RuntimeError(f"measuring {name} with remat={remat} failed (exit {done.returncode}): {' '.join(cmd)}")
+    with open(path) as f:
+        return json.load(f)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -263,22 +321,18 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.part_out:
+        with open(FLAGS.part_out, "w") as f:
+            json.dump(measure(FLAGS.runs[0], FLAGS.remat[0]), f)
+        return
     rows = []
-    with tempfile.TemporaryDirectory(prefix="memory_") as workdir:
+    with tempfile.TemporaryDirectory(prefix="memory_") as scratch:
         for name in FLAGS.runs:
-            run = RUNS[name]
             for remat in FLAGS.remat:
-                progress(f"{name}, remat={remat}: compiling the training step at batch {FLAGS.memory_batch}")
-                step_plan, compile_s, count = train_step_plan(run, remat, workdir)
-                row = dict(run=name, remat=remat, num_params=count, train_step=step_plan, compile_s=compile_s)
-                progress(f"  temp {gib(step_plan['temp'])} GiB, total {gib(step_plan['total'])} GiB, {compile_s:.0f} s")
-                if FLAGS.time_batch:
-                    row["loss_grad"] = grad = timed_gradient(run, remat, workdir)
-                    timing = grad.get("skipped") or f"{grad['median_s']:.2f} s / step"
-                    progress(
-                        f"  loss + grad at batch {FLAGS.time_batch}: temp {gib(grad['plan']['temp'])} GiB, {timing}"
-                    )
-                rows.append(row)
+                if FLAGS.fresh_process:
+                    rows.append(measure_in_fresh_process(name, remat, os.path.join(scratch, f"{name}-{remat}.json")))
+                else:
+                    rows.append(measure(name, remat))
     report = {
         "schema": 1,
         "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in sys.argv[1:]),

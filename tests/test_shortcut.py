@@ -217,9 +217,9 @@ def test_paper_or_code_step_size_input(cfg, n, expected_d):
 def test_zero_flow_level_reaches_the_finest_half_steps_and_flow_rows():
     log = CallLog()
     method = build(Recorder(log=log), d_input="step_size", flow_level_d="zero")
-    with jax.disable_jit():
-        method.bootstrap_targets({}, jnp.zeros((2, 3)), jnp.zeros(2), jnp.array([6, 6]), None)
-        method.bootstrap_targets({}, jnp.zeros((2, 3)), jnp.zeros(2), jnp.array([5, 5]), None)
+    with jax.disable_jit():  # one row at a time: the Recorder reads concrete inputs (no vmap)
+        method.bootstrap_target({}, jnp.zeros(3), jnp.zeros(()), jnp.array(6), None)
+        method.bootstrap_target({}, jnp.zeros(3), jnp.zeros(()), jnp.array(5), None)
     assert [d for _, d in log.calls] == [0.0, 0.0, 1 / 64, 1 / 64]  # two half steps each
     with pytest.raises(ValueError, match="needs d_input='step_size'"):
         build(LinearVelocity(), flow_level_d="zero")

@@ -51,8 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
+from fewstep_jax.methods import flowmap
+from fewstep_jax.methods.base import JumpMethod, LossInputs, register
 
 T_SAMPLING = ("logit_normal", "uniform")
 TR_ORDERS = ("sort", "clamp_r")
@@ -168,14 +168,15 @@ class MeanFlow(JumpMethod):
         return self.apply_net(net_params, z, t, y, t - r, train=train, dropout_rng=dropout_rng)
 
     def u_and_dudt(self, net_params, z, r, t, tangent, y=None, *, train=False, dropout_rng=None):
-        """(u, du/dt) from ONE jax.jvp (eq. 8) of (z, r, t) -> u_theta(z, r, t) at (z_t, r, t)
-        with tangent (tangent, 0, 1): du/dt = tangent . d_z u + d_t u along dz/dt = tangent,
-        dr/dt = 0 (h = t - r moves with t). Shapes: z, tangent [B, ...]; r, t [B]."""
+        """(u, du/dt) from ONE jax.jvp (eq. 8) of (z, t, r) -> u_theta(z, r, t) at (z_t, t, r)
+        with tangent (tangent, 1, 0): du/dt = tangent . d_z u + d_t u along dz/dt = tangent,
+        dr/dt = 0 (h = t - r is formed inside, so it moves with t; flowmap.total_derivative).
+        Shapes: z, tangent [B, ...]; r, t [B]."""
 
-        def u_fn(z_, r_, t_):
+        def u_fn(z_, t_, r_):
             return self.average_velocity(net_params, z_, r_, t_, y, train=train, dropout_rng=dropout_rng)
 
-        return jax.jvp(u_fn, (z, r, t), (tangent.astype(z.dtype), jnp.zeros_like(r), jnp.ones_like(t)))
+        return flowmap.total_derivative(u_fn, z, t, r, tangent)
 
     # -- training ------------------------------------------------------------
     def sample_t_r(self, rng, n: int) -> tuple[jax.Array, jax.Array]:
@@ -186,19 +187,15 @@ class MeanFlow(JumpMethod):
         if c.t_sampling == "uniform":
             t, r = jax.random.uniform(k_t, (n,)), jax.random.uniform(k_r, (n,))
         else:
-            t = jax.nn.sigmoid(c.t_logit_mean + c.t_logit_std * jax.random.normal(k_t, (n,)))
-            r = jax.nn.sigmoid(c.r_logit_mean + c.r_logit_std * jax.random.normal(k_r, (n,)))
-        if c.tr_order == "sort":
-            t, r = jnp.maximum(t, r), jnp.minimum(t, r)
-        else:
-            r = jnp.minimum(t, r)
+            t = flowmap.logit_normal(k_t, n, c.t_logit_mean, c.t_logit_std)
+            r = flowmap.logit_normal(k_r, n, c.r_logit_mean, c.r_logit_std)
+        t, r = flowmap.ordered(t, r, c.tr_order)
         r = jnp.where(self.r_eq_t_rows(n), t, r)
         return t, r
 
     def r_eq_t_rows(self, n: int) -> np.ndarray:
         """Static mask [n] of the rows trained with r = t."""
-        n_eq = n - int(round(n * self.cfg.ratio_r_neq_t))
-        return np.arange(n) < n_eq
+        return flowmap.first_rows(n, n - int(round(n * self.cfg.ratio_r_neq_t)))
 
     def dropped_rows(self, rng, n: int) -> jax.Array:
         """Bool [n]: the rows trained with the null label (label_dropout, label_dropout_policy).
@@ -235,12 +232,11 @@ class MeanFlow(JumpMethod):
         h0 = jnp.zeros_like(t)  # u(z, t, t) is the instantaneous velocity
         if c.cfg_kappa == 0.0:  # only the null term is needed (one network call)
             u_null = self.apply_net(frozen, z_t, t, self.null_labels(t.shape[0]), h0)
-            v_g = c.cfg_omega * v + (1.0 - c.cfg_omega) * u_null
+            u_cond = jnp.zeros_like(u_null)
         else:  # one call on the doubled batch [y; null]
             u_cond, u_null = self.cond_and_null(partial(self.apply_net, frozen), z_t, t, y, h0)
-            v_g = c.cfg_omega * v + c.cfg_kappa * u_cond + (1.0 - c.cfg_omega - c.cfg_kappa) * u_null
-        use = (t >= c.cfg_t_start) & (t <= c.cfg_t_end) & ~dropped
-        return jax.lax.stop_gradient(jnp.where(bcast(use, v), v_g, v))
+        use = flowmap.in_interval(t, c.cfg_t_start, c.cfg_t_end) & ~dropped
+        return flowmap.folded_guidance(v, u_cond, u_null, c.cfg_omega, c.cfg_kappa, use)
 
     def training_terms(self, net_params, batch, rng, *, train=True) -> dict[str, Any]:
         """Everything the loss is built from (keys: t, r, z_t, v, v_g, y_in, dropped, u, du_dt, u_tgt).
@@ -254,9 +250,7 @@ class MeanFlow(JumpMethod):
         t, r = self.sample_t_r(k_tr, n)
         t, r = t.astype(x.dtype), r.astype(x.dtype)
         e = jax.random.normal(k_e, x.shape, x.dtype)
-        tb = bcast(t, x)
-        z_t = (1.0 - tb) * x + tb * e
-        v = e - x
+        z_t, v = flowmap.noisy(x, e, t)
         if self.conditional and y is not None:
             y = jnp.asarray(y, jnp.int32)
             dropped = self.dropped_rows(k_lab, n)
@@ -265,7 +259,7 @@ class MeanFlow(JumpMethod):
             y, y_in, dropped = None, None, jnp.zeros((n,), bool)
         v_g = self.guided_velocity(net_params, z_t, t, v, y, dropped)
         u, du_dt = self.u_and_dudt(net_params, z_t, r, t, v_g, y_in, train=train, dropout_rng=k_drop)
-        u_tgt = jax.lax.stop_gradient(v_g - bcast(jnp.clip(t - r, min=0.0, max=1.0), v_g) * du_dt)
+        u_tgt = flowmap.mf_target(v_g, t, r, du_dt)
         return dict(t=t, r=r, z_t=z_t, v=v, v_g=v_g, y_in=y_in, dropped=dropped, u=u, du_dt=du_dt, u_tgt=u_tgt)
 
     def loss(self, params, batch, rng, step, inputs=LossInputs()):
@@ -283,7 +277,7 @@ class MeanFlow(JumpMethod):
         n = u.shape[0]
         sq = ((u - u_tgt) ** 2).reshape(n, -1)
         per_example = jnp.sum(sq, axis=1)
-        weight = 1.0 / jax.lax.stop_gradient(per_example + c.adaptive_c) ** c.adaptive_p
+        weight = flowmap.adaptive_weight(per_example, c.adaptive_c, c.adaptive_p)
         loss = jnp.mean(weight * per_example)
 
         mse_rows = jnp.mean(sq, axis=1)
@@ -323,8 +317,8 @@ class MeanFlow(JumpMethod):
         method.sample_schedule when it has k + 1 entries, else uniform t_i = 1 - i / k."""
         self.check_steps(num_steps)
         if len(self.cfg.sample_schedule) == num_steps + 1:
-            return np.asarray(self.cfg.sample_schedule, np.float64)
-        return 1.0 - np.arange(num_steps + 1, dtype=np.float64) / num_steps
+            return flowmap.times("custom", num_steps, custom=self.cfg.sample_schedule, where="meanflow")
+        return flowmap.times("uniform", num_steps, where="meanflow")
 
     def sample(
         self,
@@ -353,24 +347,13 @@ class MeanFlow(JumpMethod):
                 )
         y = self.sample_labels(num_samples, labels)
         z = jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
-        grid = jnp.asarray(times, jnp.float32)
 
-        def step(i, z):
-            t = jnp.full((num_samples,), grid[i], jnp.float32)
-            r = jnp.full((num_samples,), grid[i + 1], jnp.float32)
-            u = self.average_velocity(params["net"], z, r, t, y)
-            return z - bcast(t - r, z) * u
+        def u_fn(z, t, r):
+            return self.average_velocity(params["net"], z, r, t, y)
 
-        return samplers.sampling_loop(0, num_steps, step, z)
+        return flowmap.sample(u_fn, z, times)
 
 
 def check_schedule(schedule: Sequence[float], where: str) -> np.ndarray:
     """A sampling schedule as float64: at least 2 times, from exactly 1 down to exactly 0, strictly decreasing."""
-    times = np.asarray(tuple(schedule), np.float64)
-    if times.ndim != 1 or times.size < 2:
-        raise ValueError(f"meanflow: {where} needs at least two times (1, ..., 0), got {tuple(schedule)}")
-    if times[0] != 1.0 or times[-1] != 0.0 or np.any(np.diff(times) >= 0):
-        raise ValueError(
-            f"meanflow: {where} must decrease strictly from 1 to 0 (t = 1 noise, t = 0 data), got {tuple(schedule)}"
-        )
-    return times
+    return flowmap.check_times(schedule, f"meanflow: {where}")

@@ -18,11 +18,13 @@ Training batch = flow rows + bootstrap rows, on disjoint images with independent
   self-consistency target from two half steps of the EMA network at level k + 1:
       v1 = s(x_t, t, k+1); x_mid = clip(x_t + dt/2 v1, -4, 4); v2 = s(x_mid, t + dt/2, k+1)
       target = SG(clip((v1 + v2) / 2, -4, 4))          (clipping as in the official code)
-  built for all levels in ONE batched network call per half step (no Python loop over levels).
+  written for one row (bootstrap_target) and mapped over the rows with jax.vmap, so all levels
+  go through ONE batched network call per half step (no Python loop over levels).
   With CFG (w != 1), only the half steps at the flow level (k + 1 = log2(M)) are guided,
   v = v_u + w (v_c - v_u); coarser levels inherit guidance through the recursion.
 Loss: per-sample mean squared error, averaged over all rows (flow and bootstrap alike).
-Sampling with N in {1, 2, 4, ..., M} steps: x ~ N(0, I), x <- x + s(x, i/N, log2 N) / N; CFG
+Sampling with N in {1, 2, 4, ..., M} steps: x ~ N(0, I), x <- x + s(x, i/N, log2 N) / N, i.e. the
+flow-map sampler of methods/flowmap.py on the dyadic schedule with u = -s (average_velocity); CFG
 only at N = M (the flow level), where the model was trained with unguided targets. An evaluation
 with eval.guidance = w over several step counts (e.g. 1, 4, 128) samples N = M with w and every
 coarser N with 1 (sampling_guidance), and records the scale of each row.
@@ -38,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fewstep_jax.methods import samplers
+from fewstep_jax.methods import flowmap
 from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, per_example_mean, register
 
 EPS = 1e-5
@@ -133,19 +135,35 @@ class Shortcut(JumpMethod):
         guided = uncond + self.cfg.cfg_scale * (cond - uncond)
         return jnp.where(bcast(guidance_mask, x), guided, cond)
 
-    def bootstrap_targets(self, ema_net, x_t, t, k, y):
-        """Self-consistency targets (shortcut eq. 5) for rows at levels k, all levels in one call per half step.
+    def bootstrap_target(self, ema_net, x_t, t, k, y=None):
+        """The self-consistency target of ONE row (shortcut eq. 5): two half steps of the EMA network
+        at level k + 1 (its step size dt / 2 = 2^-(k+1)), guided at the flow level only.
 
-        x_t [R, ...], t [R], k int32 [R] (dt = 2^-k). Returns SG(clip((v1 + v2) / 2)).
+        x_t [...] (one example), t [] float, k [] int32, y [] int or None.
+        Returns SG(clip((v1 + v2) / 2)) [...].
         """
         clip = self.cfg.target_clip
         half = jnp.exp2(-(k + 1).astype(jnp.float32))  # dt / 2
-        k_half = k + 1
+        k_half = (k + 1)[None]
         guide = k_half == self.finest_level  # CFG only where the half steps are flow-level calls
-        v1 = self.velocity(ema_net, x_t, t, k_half, y, guide)
-        x_mid = jnp.clip(x_t + bcast(half, x_t) * v1, -clip, clip)
-        v2 = self.velocity(ema_net, x_mid, t + half, k_half, y, guide)
+        y_row = None if y is None else y[None]
+
+        def half_step_velocity(x, tt):
+            return self.velocity(ema_net, x[None], tt[None], k_half, y_row, guide)[0]
+
+        v1 = half_step_velocity(x_t, t)
+        x_mid = jnp.clip(x_t + half * v1, -clip, clip)
+        v2 = half_step_velocity(x_mid, t + half)
         return jax.lax.stop_gradient(jnp.clip((v1 + v2) / 2, -clip, clip))
+
+    def bootstrap_targets(self, ema_net, x_t, t, k, y):
+        """`bootstrap_target` mapped over the rows with jax.vmap: every level in one batched network
+        call per half step (no Python loop over levels). x_t [R, ...], t [R], k int32 [R] (dt = 2^-k),
+        y [R] or None."""
+        target = partial(self.bootstrap_target, ema_net)
+        if y is None:
+            return jax.vmap(lambda x, tt, kk: target(x, tt, kk))(x_t, t, k)
+        return jax.vmap(target)(x_t, t, k, y)
 
     def loss(self, params, batch, rng, step, inputs=LossInputs()):
         """Flow-matching rows + bootstrap rows (shortcut sec. 3, Alg. 1)."""
@@ -217,12 +235,15 @@ class Shortcut(JumpMethod):
             )
         y = self.sample_labels(num_samples, labels)
         x = jax.random.normal(rng, (num_samples, *self.info.shape), jnp.float32)
-        d = self.d_value(jnp.full((num_samples,), math.log2(num_steps), jnp.float32))
-        dt = 1.0 / num_steps
 
-        def step(i, x):
-            t = jnp.full((num_samples,), i * dt, jnp.float32)
-            v = self.guided(params["net"], x, t, y, guidance, d=d)
-            return x + dt * v
+        def u_fn(z, t, r):
+            return self.average_velocity(params["net"], z, t, r, y, guidance)
 
-        return samplers.sampling_loop(0, num_steps, step, x)
+        return flowmap.sample(u_fn, x, flowmap.times("dyadic", num_steps, where="shortcut"))
+
+    def average_velocity(self, net_params, z, t, r, y=None, guidance=1.0):
+        """The shortcut model as a flow map in the t = 1 noise convention of methods/flowmap.py:
+        u(z, t, r) = -s(z, 1 - t, k) with k = log2(1 / (t - r)), so that z - (t - r) u is its step
+        x + dt s(x, t', k) from data time t' = 1 - t. z [B, ...]; t, r [B], t - r a power of two."""
+        k = jnp.round(-jnp.log2(t - r))
+        return -self.guided(net_params, z, 1.0 - t, y, guidance, d=self.d_value(k))

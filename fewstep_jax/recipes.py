@@ -459,3 +459,83 @@ def shortcut_latents(dataset: str = "celebahq256_latents", conditional: bool = F
     c.train.update(dict(num_steps=410_000, batch_size=64))
     c.eval.nfes = (1, 4, 128)
     return c
+
+
+# ---------------------------------------------------------------------------
+# Flow maps (methods/flowmap.py): iMF, alpha-Flow, AYF, DMF
+
+
+def imf(**overrides: Any) -> ConfigDict:
+    """improved MeanFlow (Geng et al. 2025, arXiv 2512.02012) with the official code's training
+    (Lyy-iiis/imeanflow, imf.py and configs/default.py): t, r ~ logit-normal(-0.4, 1.0) sorted, half
+    the rows r = t (data_proportion 0.5), CFG scale omega ~ omega^-1 on [1, 8] (s_max 7, cfg_beta 1),
+    interval t_min ~ U[0, 0.5], t_max ~ U[0.5, 1], class dropout 0.1 on the first rows, adaptive
+    weight p = 1, c = 0.01 on the v-loss and on the auxiliary v-head, whose guided velocity is the
+    jvp tangent."""
+    cfg = dict(name="imf", t_logit_mean=-0.4, t_logit_std=1.0, ratio_r_eq_t=0.5, omega_max=8.0, omega_beta=1.0,
+               t_min_high=0.5, t_max_low=0.5, label_dropout=0.1, adaptive_c=0.01, adaptive_p=1.0, tangent="v_head",
+               v_head=True)  # fmt: skip
+    return ConfigDict(dict(cfg, **overrides))
+
+
+#: iMF size -> (tuned sampling omega, t_min, t_max) at 1 NFE (paper sec. 5; M/2 and L/2 share theirs).
+IMF_SAMPLING = {"b": (8.0, 0.4, 0.65), "m": (10.5, 0.4, 0.6), "l": (10.5, 0.4, 0.6), "xl": (8.0, 0.42, 0.62)}
+
+
+def imf_imagenet256(size: str) -> ConfigDict:
+    """iMF on ImageNet-256 latents (paper sec. 5, the code's train_config.yml): the iMF DiT-`size`/2,
+    latents under the 'imf' preset (per-channel standardization), batch 1024, 640 epochs, AdamW
+    (0.9, 0.95) without weight decay, lr 1e-4 after a 10-epoch warmup, EMA 0.9999, float32; sampled
+    at 1 and 2 steps with the paper's tuned CFG scale (eval.guidance, a network input) and interval."""
+    c = latents("imagenet256_latents", conditional=True, preset="imf", decoder="ft-mse")
+    c.model = ConfigDict(dict(name="imf_dit", size=size.upper(), patch=2, dtype="float32"))
+    omega, lo, hi = IMF_SAMPLING[size]
+    c.method = imf(sample_t_min=lo, sample_t_max=hi)
+    steps_per_epoch = 1_281_167 // 1024
+    c.optim.update(dict(name="adamw", lr=1e-4, b1=0.9, b2=0.95, weight_decay=0.0, schedule="constant",
+                        warmup_steps=10 * steps_per_epoch))  # fmt: skip
+    c.train.update(dict(num_steps=640 * steps_per_epoch, batch_size=1024, ema_decays=(0.9999,)))
+    c.eval.update(dict(nfes=(1, 2), guidance=omega))
+    return c
+
+
+def alphaflow(**overrides: Any) -> ConfigDict:
+    """alpha-Flow (Zhang et al. 2025, arXiv 2510.20771) with the official code's ImageNet B/2 recipe
+    without CFG (experiments-alphaflow.yaml, AlphaFlowLoss): (t, r) = max, min of logit-normal
+    (-0.4, 1.0), half the rows r = t, alpha from 1 to 0 by the sigmoid curriculum (gamma 25,
+    snapped at 0.005) over [0, 400k], discrete targets clipped at 4, weight (alpha on discrete
+    rows) / (sg(l) + 1e-3) with l a per-element mean; trajectory sampling."""
+    cfg = dict(name="alphaflow", t_logit_mean=-0.4, t_logit_std=1.0, r_logit_mean=-0.4, r_logit_std=1.0,
+               ratio_r_eq_t=0.5, alpha_schedule="sigmoid", alpha_start=0, alpha_end=400_000, alpha_gamma=25.0,
+               alpha_snap=0.005, target_clip=4.0, adaptive_c=1e-3, alpha_weight=True, inverse_alpha=False,
+               label_dropout=0.0, cfg_omega=1.0, cfg_kappa=0.0, sample_gamma=0.0)  # fmt: skip
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def ayf(teacher: str, teacher_kind: str = "flow", **overrides: Any) -> ConfigDict:
+    """Align Your Flow (Sabour, Fidler, Kreis 2025, arXiv 2506.14603): Eulerian map distillation from
+    the frozen teacher run `teacher`, tangent normalization c = 0.1, r_w warmed up to 0.99 over 10k
+    steps (length unverified), (t, s) = max, min of logit-normal(-0.4, 1.0) (unverified), no
+    autoguidance unless a weaker teacher is given."""
+    cfg = dict(name="ayf", teacher=teacher, teacher_kind=teacher_kind, objective="eulerian", autoguidance=1.0,
+               t_logit_mean=-0.4, t_logit_std=1.0, r_logit_mean=-0.4, r_logit_std=1.0, ratio_r_eq_t=0.0,
+               tangent_warmup=10_000, r_max=0.99, tangent_norm=True, tangent_norm_c=0.1)  # fmt: skip
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def dmf(**overrides: Any) -> ConfigDict:
+    """Decoupled MeanFlow (Lee, Yu, Shin 2025, arXiv 2510.24474) with the official training script's
+    values (train_dmf_xl_2_256.sh, loss.py): FM branch t ~ logit-normal(0, 1), MF branch t, r = max,
+    min of logit-normal(0.4, 1) and logit-normal(-1.2, 1), label dropout 0.1, loss log(l e^-phi +
+    0.01) + phi with the learned log-variance phi(t, r); no model guidance (omega = 0) by default."""
+    cfg = dict(name="dmf", fm_logit_mean=0.0, fm_logit_std=1.0, t_logit_mean=0.4, t_logit_std=1.0,
+               r_logit_mean=-1.2, r_logit_std=1.0, label_dropout=0.1, guidance_omega=0.0, loss_form="log",
+               loss_c=0.01)  # fmt: skip
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def flow_map_tuning(c: ConfigDict, lr: float) -> ConfigDict:
+    """A flow map tuned from a flow model on the embedded data (DMF): constant Adam at `lr` without
+    warmup and DMF's gradient clipping at 1, on the dataset's budget."""
+    c.optim.update(dict(name="adam", lr=lr, schedule="constant", warmup_steps=0, grad_clip=1.0))
+    return c

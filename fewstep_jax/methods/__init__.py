@@ -6,7 +6,7 @@ pretrained model before the methods that start from it, then the ones trained fr
 """
 
 # isort: off
-from fewstep_jax.methods import trigflow, scm, edm, ect, sct, flow, shortcut, meanflow  # noqa: F401  (registration)
+from fewstep_jax.methods import trigflow, scm, edm, ect, sct, flow, shortcut, meanflow, imf, alphaflow, ayf, dmf  # noqa: F401  (registration)
 
 # isort: on
 from fewstep_jax.methods.base import REGISTRY, JumpMethod, LossInputs, Method, ODEMethod, build, register

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fewstep_jax.models import imf_dit
 from fewstep_jax.models.attention import ATTENTION_KINDS
 from fewstep_jax.models.dit import DIT_SIZES, DiT
 from fewstep_jax.models.edm2 import EDM2, EDM2_SIZES
@@ -246,6 +247,7 @@ def _make_dit(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int
         time_endpoint=bool(cfg["time_endpoint"]),
         learn_sigma=bool(cfg["learn_sigma"]),
         **_memory_options(cfg),
+        qk_norm=bool(cfg["qk_norm"]),
     )
 
 
@@ -317,7 +319,7 @@ REGISTRY: dict[str, NetworkSpec] = {
             name="dit", size=None, hidden=None, depth=None, num_heads=None, patch=2, mlp_ratio=4.0,
             dropout=0.0, time_scale=1.0, use_d=False, dtype="float32",
             # The reference DiT's time frequencies and learned-sigma head (official weights).
-            time_endpoint=True, learn_sigma=False, attention="auto", remat="none",
+            time_endpoint=True, learn_sigma=False, attention="auto", remat="none", qk_norm=False,
         ),
         make=_make_dit,
     ),
@@ -331,6 +333,10 @@ REGISTRY: dict[str, NetworkSpec] = {
             attention="auto", remat="none",
         ),
         make=_make_edm2,
+    ),
+    "imf_dit": NetworkSpec(
+        defaults=imf_dit.DEFAULTS,
+        make=lambda cfg, data_shape, num_classes: imf_dit.make(cfg, data_shape, num_classes, _DTYPES),
     ),
 }
 

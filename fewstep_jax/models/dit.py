@@ -108,6 +108,13 @@ def modulate(normed: Array, shift: Array, scale: Array, dtype: Any) -> Array:
     return out.astype(dtype)
 
 
+def rms_norm(x: Array, scale: Array, epsilon: float = LN_EPS) -> Array:
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis (statistics in at least float32), in x's dtype."""
+    h = x.astype(layers.at_least_float32(x.dtype))
+    h = h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + epsilon)
+    return (h * scale.astype(h.dtype)).astype(x.dtype)
+
+
 def _dense(features: int, dtype: Any, name: str, init=layers.xavier_uniform) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
 
@@ -128,6 +135,7 @@ class DiTBlock(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     attention: str = "auto"  # attention_lib.ATTENTION_KINDS
+    qk_norm: bool = False  # RMSNorm of queries and keys per head (scales start at 1; DMF at 512 px)
 
     @nn.compact
     def __call__(self, x: Array, c_act: Array, train: bool) -> Array:
@@ -140,7 +148,11 @@ class DiTBlock(nn.Module):
 
         h = modulate(layer_norm(x), shift1, scale1, self.dtype)
         qkv = _dense(3 * width, self.dtype, "qkv")(h).reshape(batch, length, 3, self.num_heads, head_dim)
-        a = attention_lib.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.attention)
+        q, k = qkv[:, :, 0], qkv[:, :, 1]
+        if self.qk_norm:
+            q = rms_norm(q, self.param("q_norm", nn.initializers.ones, (head_dim,), jnp.float32))
+            k = rms_norm(k, self.param("k_norm", nn.initializers.ones, (head_dim,), jnp.float32))
+        a = attention_lib.attention(q, k, qkv[:, :, 2], self.attention)
         a = a.reshape(batch, length, width)
         a = _dense(width, self.dtype, "proj")(a)
         if self.dropout > 0.0:
@@ -186,6 +198,7 @@ class DiT(nn.Module):
     learn_sigma: bool = False
     attention: str = "auto"
     remat: str = "none"
+    qk_norm: bool = False  # see DiTBlock
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
@@ -237,7 +250,13 @@ class DiT(nn.Module):
         block = remat_lib.remat_block(DiTBlock, self.remat, static_argnums=(3,))  # train is static
         for i in range(self.depth):
             h = block(
-                self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}", attention=self.attention
+                self.num_heads,
+                self.mlp_ratio,
+                self.dropout,
+                self.dtype,
+                name=f"block_{i}",
+                attention=self.attention,
+                qk_norm=self.qk_norm,
             )(h, c_act, train)
 
         # Final layer: adaLN (shift, scale) + LayerNorm + zero-init Dense to the patch pixels.

@@ -5,7 +5,8 @@ its network section is replaced by the benchmark network's, keeping only the met
 conditioning input (model.use_d: shortcut's step size, MeanFlow's interval), and the global batch
 is the benchmark's. Pretrained weights do not change the cost of a step, so none are read:
 methods that tune a pretrained model (train.init_from: sCM, ECT, SCT) start from random weights,
-and sCD's frozen teacher is a randomly initialized TrigFlow network of the same architecture.
+and the frozen teachers (sCD's, AYF's) are randomly initialized networks of the teacher's method
+(TrigFlow, flow matching) with the same architecture.
 
 Networks other than the digits UNet are fed random batches of their dataset's shape, so no
 dataset has to be prepared; batches are made before timing and never count.
@@ -236,16 +237,20 @@ def example_batch(info: data_lib.DatasetInfo) -> dict[str, np.ndarray]:
 
 
 def attach_random_teacher(exp: experiment.Experiment) -> bool:
-    """exp.frozen as experiment.attach_frozen sets it, but a teacher the method asks for (sCD's) is a
-    network of its `teacher_method` (TrigFlow for sCD) with this architecture and random weights.
+    """exp.frozen as experiment.attach_frozen sets it, but a teacher the method asks for (sCD's, AYF's)
+    is a network of its `teacher_method` (TrigFlow for sCD, flow matching for AYF) with this
+    architecture and random weights.
     Returns whether one was asked for."""
     asked = []
 
     def loader(workdir: str):
         asked.append(workdir)
         config = ml_collections.ConfigDict(exp.config.to_dict())
-        sigma_d = getattr(exp.method.cfg, "sigma_d", 0.5)
-        config.method = ml_collections.ConfigDict(dict(name=exp.method.teacher_method, sigma_d=sigma_d))
+        section = dict(name=exp.method.teacher_method)
+        teacher_fields = {f.name for f in dataclasses.fields(methods_lib.REGISTRY[exp.method.teacher_method].Config)}
+        if "sigma_d" in teacher_fields:
+            section["sigma_d"] = getattr(exp.method.cfg, "sigma_d", 0.5)
+        config.method = ml_collections.ConfigDict(section)
         if config.model.get("use_d", False):
             config.model.use_d = False  # the teacher takes no second input
         net = models.build(config.model, data_shape=exp.info.shape, num_classes=exp.info.num_classes)
@@ -344,7 +349,8 @@ class MethodBench:
             self.exp = experiment.setup(self.config, os.path.join(workdir, method))
         with unoptimized_compilation():
             if attach_random_teacher(self.exp):
-                self.notes.append("frozen teacher: a TrigFlow network of the same architecture, random weights")
+                title = methods_lib.REGISTRY[self.exp.method.teacher_method].title
+                self.notes.append(f"frozen teacher: a {title} network of the same architecture, random weights")
             self.state = experiment.init_state(self.exp)
         self.step = train.make_train_step(self.exp)
         self.batches = [

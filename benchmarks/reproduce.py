@@ -9,10 +9,12 @@ often training evaluates), evaluates and writes docs/REPRODUCTION.md with its pi
 docs/reproduction/. Runs go to --workdir/<dataset>/<run>; a finished run is never redone, an
 interrupted one resumes from its last checkpoint, so the command can be stopped and started again.
 
-Budget. Every run trains the same network (the dataset's MLP or UNet; shortcut and MeanFlow add
-their step-size input) for the same number of steps at the same batch. The methods the papers
-train from a pretrained diffusion model (sCT and sCD from TrigFlow, ECT and SCT from EDM) spend
-that budget again on top of the pretrained model, as in the papers.
+Budget. Every run trains the same network (the dataset's MLP or UNet; shortcut, MeanFlow,
+alpha-Flow and AYF add their step-size or interval input, iMF its guidance inputs and a copy of
+the network as its auxiliary head) for the same number of steps at the same batch. The methods
+the papers train from a pretrained model (sCT and sCD from TrigFlow, ECT and SCT from EDM, DMF
+from flow matching) spend that budget again on top of it, as in the papers; AYF distils the
+flow-matching run.
 
 Evaluation. --seeds independent draws of the evaluator's sample count at each NFE; the tables give
 the mean and the standard deviation over draws (evaluation noise only: one training run per
@@ -90,12 +92,16 @@ def method_run(name: str) -> Run:
 
 def all_runs() -> tuple[Run, ...]:
     """One run per registered method, those trained from scratch (the pretrained models and
-    teachers among them) first, in the registry's order; then phased SCT (SCT sec. 4.3) at its 4 steps."""
+    teachers among them) first, in the registry's order; then phased SCT (SCT sec. 4.3) at its 4 steps
+    and DMF's ablation "MF" (MeanFlow's conditioning, tuned from the same flow model as DMF)."""
     scratch = [n for n, m in methods_lib.REGISTRY.items() if not m.pretrained_method]
     tuned = [n for n, m in methods_lib.REGISTRY.items() if m.pretrained_method]
     sct = method_run("sct")
     phased = dataclasses.replace(sct, key="sct_phased", label=f"phased {sct.label}", variant="phased", nfes=(4,))
-    return (*map(method_run, scratch), *map(method_run, tuned), phased)
+    dmf = method_run("dmf")
+    dmf_mf = dataclasses.replace(dmf, key="dmf_meanflow", label=f"MeanFlow {dmf.label.split(' ', 1)[1]}",
+                                 variant="meanflow")  # fmt: skip
+    return (*map(method_run, scratch), *map(method_run, tuned), phased, dmf_mf)
 
 
 RUNS = all_runs()
@@ -488,6 +494,20 @@ CLAIMS = (
     Claim("meanflow", "2 steps improve on 1 step", lambda r: _pair(r, ("meanflow", 2), ("meanflow", 1), ("2", "1"))),
     Claim("meanflow", "1-step MeanFlow from scratch is level with or better than 1-step sCT from a teacher",
           lambda r: _not_worse(r, ("meanflow", 1), ("scm_sct", 1), ("MeanFlow", "sCT"))),
+    Claim("imf", "at 1 step, iMF beats MeanFlow", lambda r: _pair(r, ("imf", 1), ("meanflow", 1), ("iMF", "MeanFlow"))),
+    Claim("imf", "2 steps improve on 1 step", lambda r: _pair(r, ("imf", 2), ("imf", 1), ("2", "1"))),
+    Claim("alphaflow", "at 1 step, alpha-Flow beats MeanFlow",
+          lambda r: _pair(r, ("alphaflow", 1), ("meanflow", 1), ("alpha-Flow", "MeanFlow"))),
+    Claim("alphaflow", "at 2 steps, alpha-Flow beats MeanFlow",
+          lambda r: _pair(r, ("alphaflow", 2), ("meanflow", 2), ("alpha-Flow", "MeanFlow"))),
+    Claim("ayf", "at 4 steps, AYF beats sCD", lambda r: _pair(r, ("ayf", 4), ("scm_scd", 4), ("AYF", "sCD"))),
+    Claim("ayf", "4 steps of AYF beat 1", lambda r: _pair(r, ("ayf", 4), ("ayf", 1), ("4", "1"))),
+    Claim("dmf", "at 1 step, DMF beats MeanFlow tuned from the same flow model",
+          lambda r: _pair(r, ("dmf", 1), ("dmf_meanflow", 1), ("DMF", "MeanFlow"))),
+    Claim("dmf", "at 1 step, DMF (from flow matching) beats MeanFlow (from scratch)",
+          lambda r: _pair(r, ("dmf", 1), ("meanflow", 1), ("DMF", "MeanFlow"))),
+    Claim("dmf", "4-step DMF is within 10% of its base flow model's best metric",
+          lambda r: _within_of_teacher(r, "dmf", 4, 1.10)),
 )  # fmt: skip
 
 
@@ -524,6 +544,35 @@ PAPERS = {
         "A network for the average velocity over an interval, trained from scratch with a jvp-based "
         "target. Its claims: one-step generation far ahead of earlier from-scratch one-step models "
         "(ImageNet-256 XL/2 1-NFE 3.43 vs shortcut 10.60) and a further gain at 2 steps (2.93).",
+    ),
+    "imf": (
+        "improved MeanFlow (Geng et al. 2025)",
+        "MeanFlow with the loss on the instantaneous velocity V = u + (t - r) sg(du/dt), the jvp tangent "
+        "from an auxiliary velocity head, guidance scale and interval as network inputs and a new DiT. "
+        "Its claims: a large 1-step gain over MeanFlow from scratch (ImageNet-256 B/2 3.39 vs 6.17, XL/2 "
+        "1.72 vs 3.43) and a further gain at 2 steps (XL/2 1.54). Here both run unguided.",
+    ),
+    "alphaflow": (
+        "alpha-Flow (Zhang et al. 2025)",
+        "A curriculum from trajectory flow matching (alpha = 1) to MeanFlow (alpha = 0) through discrete "
+        "consistency targets. Its claims: better than MeanFlow at 1 and 2 steps on the same budget "
+        "(ImageNet-256 B/2 without CFG 40.2 / 37.1 vs 43.1 / 38.5; XL/2 with CFG 2.95 / 2.34 vs 3.47 / 2.46).",
+    ),
+    "ayf": (
+        "Align Your Flow (Sabour, Fidler, Kreis 2025)",
+        "Flow-map distillation of a flow or diffusion teacher with the Eulerian objective, tangent "
+        "normalization and autoguidance. Its claims: few-step samples better than consistency "
+        "distillation (ImageNet-512 4-step 1.70 vs their sCD 1.84) that improve with the step count. "
+        "Here the teacher is the flow-matching run, without autoguidance or the adversarial fine-tune.",
+    ),
+    "dmf": (
+        "Decoupled MeanFlow (Lee, Yu, Shin 2025)",
+        "A pretrained flow model becomes a flow map by feeding its last blocks the target time r, then is "
+        "fine-tuned with flow-matching and MeanFlow losses. Its claims: 1-step samples better than "
+        "MeanFlow's (L/2 ablation 19.3 vs 20.6, both tuned from the same base; ImageNet-256 XL/2 2.16) "
+        "and few-step samples close to the base model's (4 steps 1.51). Here the ablation's MeanFlow is the "
+        "same base and losses with MeanFlow's conditioning (`configs/dmf_<dataset>.py:meanflow`); the "
+        "from-scratch MeanFlow run is compared too.",
     ),
 }
 
@@ -695,12 +744,14 @@ def write_report(datasets: list[str], out: str) -> str:
         f"{machine}, {time.strftime('%Y-%m-%d')}. Do not edit by hand: the tables, the pictures and the "
         "verdicts below are all written by that command from the runs.",
         "",
-        "Every method trains the dataset's network (the same MLP or UNet for all; shortcut and MeanFlow add "
-        "their step-size input) for the same number of steps at the same batch, with its own objective and "
-        "the optimizer, EMA and schedule of its config. sCT and sCD start from the TrigFlow model, ECT and "
-        "SCT from the EDM model, as in the papers: they spend the same budget again on top of a pretrained "
-        "model. Few-step methods are evaluated at 1, 2, 4 and 8 steps (phased SCT at its 4 steps), the "
-        "diffusion and flow baselines and the shortcut model at 1 to 64. "
+        "Every method trains the dataset's network (the same MLP or UNet for all; shortcut, MeanFlow, alpha-Flow "
+        "and AYF add their step-size or interval input, iMF its guidance inputs and a copy of the network as "
+        "its auxiliary velocity head) for the same number of steps at the same batch, with its own objective "
+        "and the optimizer, EMA and schedule of its config. sCT and sCD start from the TrigFlow model, ECT and "
+        "SCT from the EDM model, DMF from the flow-matching model, as in the papers: they spend the same budget "
+        "again on top of a pretrained model; AYF distils the flow-matching model. Few-step methods are "
+        "evaluated at 1, 2, 4 and 8 steps (phased SCT at its 4 steps), the diffusion and flow baselines "
+        "and the shortcut model at 1 to 64. "
         f"Each cell is the mean +- standard deviation over {draws} "
         "independent evaluation draws of one training run (training noise is not included). Lower is "
         "better everywhere; the real-data floor is the metric of held-out real data at the same sample size.",

@@ -11,12 +11,14 @@ Adam 2e-4 with gradient clipping at 1 (recipes.flow_map_tuning).
   python -m fewstep_jax.main --config=configs/flow_digits.py --workdir=runs/flow_digits
   python -m fewstep_jax.main --config=configs/dmf_digits.py --workdir=runs/dmf_digits
 
-Variants: `:smoke` (seconds on a CPU; from scratch).
+Variants: `:meanflow` (the paper's ablation "MF": the same base network and losses with MeanFlow's
+conditioning, every layer sees E(1 - t) + E_h(t - r), E_h a new zero-initialized embedder),
+`:smoke` (seconds on a CPU; from scratch).
 """
 
 from fewstep_jax import config_lib, recipes
 
-VARIANTS = config_lib.Variants()
+VARIANTS = config_lib.Variants(options=("meanflow",))
 
 
 def get_config(arg: str | None = None):
@@ -26,6 +28,8 @@ def get_config(arg: str | None = None):
     recipes.flow_map_tuning(c, lr=2e-4)
     c.train.init_from = "runs/flow_digits"
     c.eval.nfes = (1, 2, 4)
+    if variant.name == "meanflow":
+        c.method.conditioning = "interval"
     if variant.smoke:
         config_lib.smoke(c)
         c.train.init_from = ""

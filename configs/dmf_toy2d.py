@@ -10,12 +10,14 @@ guidance. Optimizer: constant Adam 2e-4 with DMF's gradient clipping at 1 (recip
   python -m fewstep_jax.main --config=configs/flow_toy2d.py --workdir=runs/flow_toy2d
   python -m fewstep_jax.main --config=configs/dmf_toy2d.py --workdir=runs/dmf_toy2d
 
-Variants: `:smoke` (seconds on a CPU; from scratch).
+Variants: `:meanflow` (the paper's ablation "MF": the same base network and losses with MeanFlow's
+conditioning, every layer sees E(1 - t) + E_h(t - r), E_h a new zero-initialized embedder),
+`:smoke` (seconds on a CPU; from scratch).
 """
 
 from fewstep_jax import config_lib, recipes
 
-VARIANTS = config_lib.Variants()
+VARIANTS = config_lib.Variants(options=("meanflow",))
 
 
 def get_config(arg: str | None = None):
@@ -25,6 +27,8 @@ def get_config(arg: str | None = None):
     recipes.flow_map_tuning(c, lr=2e-4)
     c.train.init_from = "runs/flow_toy2d"
     c.eval.nfes = (1, 2, 4, 8)
+    if variant.name == "meanflow":
+        c.method.conditioning = "interval"
     if variant.smoke:
         config_lib.smoke(c)
         c.method.split = 1  # the smoke MLP has 2 conditioned layers

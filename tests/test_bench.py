@@ -93,6 +93,6 @@ def test_harness_lists_the_registry_and_reads_per_method_settings_from_configs()
     from fewstep_jax import methods
 
     assert harness.METHODS == tuple(methods.REGISTRY) and harness.REFERENCE in harness.METHODS
-    assert [m for m in harness.METHODS if harness.uses_d(m)] == ["shortcut", "meanflow"]
+    assert [m for m in harness.METHODS if harness.uses_d(m)] == ["shortcut", "meanflow", "alphaflow", "ayf"]
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         harness.bench_config("nope", "digits", 8, {})

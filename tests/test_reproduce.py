@@ -129,8 +129,9 @@ def test_runs_are_the_registered_methods_with_what_their_classes_say():
         assert (run.init, run.teacher) == (cls.pretrained_method, cls.teacher_method)
         assert all(keys.index(dep) < keys.index(run.key) for dep in (run.init, run.teacher) if dep)
         many = reproduce.MANY if cls.many_steps else reproduce.FEW
-        assert run.nfes == ((4,) if run.variant else many)
+        assert run.nfes == ((4,) if run.variant == "phased" else many)
     labels = {r.key: r.label for r in reproduce.RUNS}
     assert labels["trigflow"] == "TrigFlow (teacher)" and labels["edm"] == "EDM (ECT/SCT's pretrained model)"
     assert labels["scm_scd"] == "sCD (from TrigFlow)" and labels["sct_phased"] == "phased SCT (from EDM)"
+    assert labels["dmf"] == "DMF (from flow matching)" and labels["dmf_meanflow"] == "MeanFlow (from flow matching)"
     assert reproduce.BASELINES == ("trigflow", "edm", "flow")

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.methods import flowmap
-from fewstep_jax.methods.base import JumpMethod, LossInputs, ODEMethod, bcast, register
+from fewstep_jax.methods.base import REGISTRY, JumpMethod, LossInputs, ODEMethod, bcast, register
 from fewstep_jax.methods.edm import edm_scalings
 
 OBJECTIVES = ("eulerian", "lagrangian")
@@ -109,8 +109,7 @@ class AlignYourFlow(JumpMethod):
     def load_frozen(self, loader):
         """{'teacher': EMA params[, 'weak': EMA params]} of the teacher runs, whose networks are built
         from their configs; each must be a run of `teacher_kind`'s parameterization on this data."""
-        from fewstep_jax import methods as methods_lib  # the registry (methods stay import-light)
-        from fewstep_jax import models
+        from fewstep_jax import models  # methods stay free of model imports at module level
 
         c = self.cfg
         frozen, self.teachers = {}, {}
@@ -118,7 +117,7 @@ class AlignYourFlow(JumpMethod):
             if not workdir:
                 continue
             config, params = loader(workdir)
-            method = methods_lib.REGISTRY.get(config.method.name)
+            method = REGISTRY.get(config.method.name)
             kind = method.parameterization if method is not None else "unknown"
             if method is not None and not issubclass(method, ODEMethod):
                 raise ValueError(

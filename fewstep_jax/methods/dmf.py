@@ -29,6 +29,8 @@ t -> s t / (1 + (s - 1) t) (s = 1 at 256 px, 1.5 at 512 px; `sample_shift`), or 
 guidance (eval.guidance != 1) is two-pass CFG inside [sample_g_min, sample_g_max]. Not
 reproduced: REPA (the base model's representation alignment; a flow-matching run of this suite
 has none) and the fused flash-attention jvp kernels (the jvp here goes through XLA attention).
+`conditioning='interval'` is the paper's "MF" ablation on the same base model: no decoupling, every
+layer sees E(1 - t) + E_h(t - r), E_h a new embedder whose last layer starts at zero.
 """
 
 from __future__ import annotations
@@ -45,9 +47,26 @@ from fewstep_jax.models import flowmap_nets
 from fewstep_jax.models.layers import positional_embedding
 
 LOSS_FORMS = ("log", "paper")
+#: 'decoupled': DMF's network; 'interval': MeanFlow-style conditioning of the same base network, every
+#: layer seeing E(1 - t) + E_h(t - r) from a new zero-initialized embedder (the paper's "MF" ablation rows).
+CONDITIONINGS = ("decoupled", "interval")
+#: Where the interval embedder of conditioning='interval' lives in params['net'] (beside the base network's).
+INTERVAL_KEY = "interval_embedding"
 SCHEDULES = ("uniform", "shifted")
 #: The paper's XL/2 split (20 of 28 blocks see t), used when method.split = 0.
 PAPER_SPLIT = 20 / 28
+
+
+class IntervalEmbedding(nn.Module):
+    """E_h(h): sinusoids -> Dense -> SiLU -> zero-initialized Dense, so the tuned network starts as the base."""
+
+    features: int
+    freq_dim: int = 256
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        emb = nn.Dense(self.features, name="dense_0")(positional_embedding(h, self.freq_dim))
+        return nn.Dense(self.features, kernel_init=nn.initializers.zeros, name="dense_1")(nn.silu(emb))
 
 
 class PairLogVariance(nn.Module):
@@ -83,6 +102,8 @@ class DecoupledMeanFlow(JumpMethod):
     class Config:
         # Conditioned layers that see t (the rest see r); 0: round(20/28 of them), the paper's XL/2 share.
         split: int = 0
+        # 'decoupled' (DMF) or 'interval' (MeanFlow's conditioning on the same base: the ablation's "MF").
+        conditioning: str = "decoupled"
         fm_logit_mean: float = 0.0  # FM branch t ~ logit-normal (train_dmf_xl_2_256.sh: P_mean 0.0)
         fm_logit_std: float = 1.0
         t_logit_mean: float = 0.4  # MF branch: t, r = max, min of the two draws (P_mean_t 0.4, P_mean_r -1.2)
@@ -139,6 +160,8 @@ class DecoupledMeanFlow(JumpMethod):
         ):
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ValueError(f"dmf: need 0 <= {what}_min <= {what}_max <= 1, got [{lo}, {hi}]")
+        if c.conditioning not in CONDITIONINGS:
+            raise ValueError(f"dmf: unknown conditioning {c.conditioning!r}; known: {', '.join(CONDITIONINGS)}")
         if c.loss_form not in LOSS_FORMS:
             raise ValueError(f"dmf: unknown loss_form {c.loss_form!r}; known: {', '.join(LOSS_FORMS)}")
         if c.sample_schedule not in SCHEDULES:
@@ -150,26 +173,42 @@ class DecoupledMeanFlow(JumpMethod):
     def logvar_net(self) -> PairLogVariance:
         return PairLogVariance(self.cfg.logvar_channels)
 
+    @property
+    def interval_net(self) -> IntervalEmbedding:
+        return IntervalEmbedding(flowmap_nets.conditioning_width(self.net))
+
     def init_params(self, rng, example_batch):
-        k_net, k_lv = jax.random.split(rng)
+        k_net, k_lv, k_h = jax.random.split(rng, 3)
         params = super().init_params(k_net, example_batch)
         zero = jnp.zeros((1,), jnp.float32)
         params["logvar"] = self.logvar_net.init(k_lv, zero, zero)["params"]
+        if self.cfg.conditioning == "interval":
+            params["net"] = dict(params["net"], **{INTERVAL_KEY: self.interval_net.init(k_h, zero)["params"]})
         return params
+
+    @staticmethod
+    def base_params(net_params):
+        """The base network's part of params['net'] (without the interval embedder)."""
+        return {k: v for k, v in net_params.items() if k != INTERVAL_KEY}
 
     # -- the flow map ------------------------------------------------------
     def flow_map(self, net_params, z, t, r, y=None, *, train=False, dropout_rng=None):
         """u(z, t, r) = -net(z, 1 - t; layers from `split` on at 1 - r). z [B, ...]; t, r [B]."""
         rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else None
         y = y if self.conditional else None
-        out = flowmap_nets.decoupled_apply(
-            self.net, {"params": net_params}, z, 1.0 - t, 1.0 - r, y, self.split, train=train, rngs=rngs
-        )
-        return -out
+        base = {"params": self.base_params(net_params)}
+        if self.cfg.conditioning == "interval":
+            added = self.interval_net.apply({"params": net_params[INTERVAL_KEY]}, t - r)
+            with flowmap_nets.added_conditioning(added):
+                return -self.net.apply(base, z, 1.0 - t, y=y, train=train, rngs=rngs)
+        return -flowmap_nets.decoupled_apply(self.net, base, z, 1.0 - t, 1.0 - r, y, self.split, train=train, rngs=rngs)
 
     def velocity(self, net_params, z, t, y=None, *, train=False, dropout_rng=None):
-        """u(z, t, t) = -net(z, 1 - t): the base flow network, one plain call."""
-        return -self.apply_net(net_params, z, 1.0 - t, y, train=train, dropout_rng=dropout_rng)
+        """u(z, t, t) = -net(z, 1 - t): the base flow network, one plain call (with conditioning='interval'
+        its interval embedding at h = 0 is added)."""
+        if self.cfg.conditioning == "interval":
+            return self.flow_map(net_params, z, t, t, y, train=train, dropout_rng=dropout_rng)
+        return -self.apply_net(self.base_params(net_params), z, 1.0 - t, y, train=train, dropout_rng=dropout_rng)
 
     # -- training ----------------------------------------------------------
     def guided_target(self, net_params, z, t, v_hat, y_in, dropped):

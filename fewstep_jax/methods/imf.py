@@ -149,7 +149,7 @@ class ImprovedMeanFlow(JumpMethod):
     def network(self, net_params, z, t, r, omega, t_min, t_max, y, *, aux=False, train=False, dropout_rng=None):
         """u(z | h = t - r, omega, t_min, t_max, y) (and the auxiliary v with aux=True). z [B, ...]; others [B]."""
         rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else None
-        extra = jnp.stack([1.0 - 1.0 / omega, t_min, t_max], axis=1).astype(jnp.float32)
+        extra = jnp.stack([1.0 - 1.0 / omega, t_min, t_max], axis=1).astype(jnp.promote_types(t.dtype, jnp.float32))
         t_in, d_in = self.time_inputs(t, t - r)
         y = y if self.conditional else None
         return self.model.apply({"params": net_params}, z, t_in, y=y, d=d_in, train=train, extra=extra, aux=aux,

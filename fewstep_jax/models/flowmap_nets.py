@@ -83,6 +83,19 @@ def _replace_time(args: tuple, kwargs: dict, time: Array) -> tuple[tuple, dict]:
     return args, dict(kwargs, t=time)
 
 
+def added_conditioning(added: Array):
+    """A context in which every call of a network's conditioning embedder returns its vector plus
+    `added` [B, E] (Flax method interception): extra conditioning for an unchanged network."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, layers.ConditioningEmbedding) and context.method_name == "__call__":
+            out = out + added.astype(out.dtype)
+        return out
+
+    return nn.intercept_methods(interceptor)
+
+
 def decoupled_apply(net: nn.Module, variables: Any, x: Array, t: Array, r: Array, y: Array | None = None,
                     split: int = 1, *, train: bool = False, rngs: Any = None) -> Array:  # fmt: skip
     """net(x, t) with its conditioned layers from index `split` on fed SiLU(E(r) [+ E_y(y)]) (DMF).
@@ -154,14 +167,7 @@ class WithGuidanceInputs(nn.Module):
             raise ValueError(f"extra must be [B, 3] = (1 - 1/omega, t_min, t_max), got shape {extra.shape}")
         width = conditioning_width(self.net)
         added = sum(layers.TimestepEmbedder(width, self.freq_dim, name=f"guidance_{i}")(extra[:, i]) for i in range(3))
-
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if isinstance(context.module, layers.ConditioningEmbedding) and context.method_name == "__call__":
-                out = out + added.astype(out.dtype)
-            return out
-
-        with nn.intercept_methods(interceptor):
+        with added_conditioning(added):
             return self.net(x, t, y=y, d=d, train=train)
 
 

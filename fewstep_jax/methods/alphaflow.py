@@ -40,21 +40,19 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import flowmap
-from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
+from fewstep_jax.methods.base import LossInputs, bcast, register
 
 ALPHA_SCHEDULES = ("sigmoid", "constant")
 
 
 @register("alphaflow")
-class AlphaFlow(JumpMethod):
+class AlphaFlow(flowmap.FlowMapMethod):
     """MeanFlow's network trained with the alpha objective under a sigmoid curriculum."""
 
     title = "alpha-Flow"
     parameterization = "meanflow"  # u(z, t, r) = net(z, t, d = t - r)
     jump = "each step is one average-velocity jump (trajectory) or a jump to t = 0 (consistency)"
-    time_convention = "flow map t in [0, 1]; t = 0 data, t = 1 noise"
-    supported_steps = None
-    default_steps = (1, 2, 4)
+    no_guidance_because = "it is folded into training (method.cfg_omega, method.cfg_kappa)"
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -237,35 +235,3 @@ class AlphaFlow(JumpMethod):
             "mse_r_neq_t": masked_mean(ell, ~eq),
             "trajectory_fm": jnp.mean(flowmap.mean_sq(terms["u"] - terms["v"])),
         }
-
-    # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        nfe = super().nfe(num_steps, sampler)
-        self.check_steps(num_steps)
-        return nfe
-
-    def sample_times(self, num_steps: int):
-        self.check_steps(num_steps)
-        custom = self.cfg.sample_schedule
-        if len(custom) == num_steps + 1:
-            return flowmap.times("custom", num_steps, custom=custom, where="alphaflow")
-        return flowmap.times("uniform", num_steps, where="alphaflow")
-
-    def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
-        """Trajectory (sample_gamma = 0) or consistency (sample_gamma = 1) sampling, one network call
-        per step; no guidance at sampling time (it is folded into training)."""
-        times = self.sample_times(num_steps)
-        self.check_sampler(sampler)
-        if guidance != 1.0:
-            raise ValueError(
-                f"alphaflow: no classifier-free guidance at sampling time (got guidance={guidance}); it is folded "
-                "into training (method.cfg_omega, method.cfg_kappa)"
-            )
-        y = self.sample_labels(num_samples, labels)
-        k_z, k_noise = jax.random.split(rng)
-        z = jax.random.normal(k_z, (num_samples, *self.info.shape), jnp.float32)
-
-        def u_fn(z, t, r):
-            return self.flow_map(params["net"], z, t, r, y)
-
-        return flowmap.sample(u_fn, z, times, gamma=self.cfg.sample_gamma, rng=k_noise)

@@ -39,10 +39,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fewstep_jax.methods import flowmap
-from fewstep_jax.methods.base import REGISTRY, JumpMethod, LossInputs, ODEMethod, bcast, register
+from fewstep_jax.methods.base import REGISTRY, LossInputs, ODEMethod, bcast, register
 from fewstep_jax.methods.edm import edm_scalings
 
 OBJECTIVES = ("eulerian", "lagrangian")
@@ -53,16 +52,14 @@ EDM_T_MAX = 80.0 / 81.0
 
 
 @register("ayf")
-class AlignYourFlow(JumpMethod):
+class AlignYourFlow(flowmap.FlowMapMethod):
     """Flow-map distillation (EMD or LMD) from a frozen flow / EDM / TrigFlow teacher."""
 
     title = "AYF"
     teacher_method = "flow"  # the teacher of the toy2d / digits runs
     parameterization = "meanflow"  # F(z, t, s) = net(z, t, d = t - s)
     jump = "each step is one flow-map jump, f(x_t, t, s) = x_t + (s - t) F"
-    time_convention = "flow map t in [0, 1]; t = 0 data, t = 1 noise"
-    supported_steps = None
-    default_steps = (1, 2, 4)
+    no_guidance_because = "the teacher is autoguided in training (method.autoguidance)"
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -233,34 +230,3 @@ class AlignYourFlow(JumpMethod):
             "tangent_warmup_r": jnp.asarray(terms["r_w"], jnp.float32),
             "tangent_nonfinite_frac": 1.0 - jnp.mean(jnp.all(jnp.isfinite(flat), axis=1).astype(jnp.float32)),
         }
-
-    # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        nfe = super().nfe(num_steps, sampler)
-        self.check_steps(num_steps)
-        return nfe
-
-    def sample_times(self, num_steps: int) -> np.ndarray:
-        self.check_steps(num_steps)
-        custom = self.cfg.sample_schedule
-        if len(custom) == num_steps + 1:
-            return flowmap.times("custom", num_steps, custom=custom, where="ayf")
-        return flowmap.times("uniform", num_steps, where="ayf")
-
-    def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
-        """x_1 ~ N(0, I); x_s = x_t + (s - t) F(x_t, t, s) over sample_times(k), or gamma-sampling."""
-        times = self.sample_times(num_steps)
-        self.check_sampler(sampler)
-        if guidance != 1.0:
-            raise ValueError(
-                f"ayf: no classifier-free guidance at sampling time (got guidance={guidance}); the teacher is "
-                "autoguided in training (method.autoguidance)"
-            )
-        y = self.sample_labels(num_samples, labels)
-        k_z, k_noise = jax.random.split(rng)
-        z = jax.random.normal(k_z, (num_samples, *self.info.shape), jnp.float32)
-
-        def u_fn(z, t, r):
-            return self.flow_map(params["net"], z, t, r, y)
-
-        return flowmap.sample(u_fn, z, times, gamma=self.cfg.sample_gamma, rng=k_noise)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.methods import flowmap
-from fewstep_jax.methods.base import JumpMethod, LossInputs, register
+from fewstep_jax.methods.base import LossInputs, register
 from fewstep_jax.models import flowmap_nets
 from fewstep_jax.models.layers import positional_embedding
 
@@ -87,7 +87,7 @@ class PairLogVariance(nn.Module):
 
 
 @register("dmf")
-class DecoupledMeanFlow(JumpMethod):
+class DecoupledMeanFlow(flowmap.FlowMapMethod):
     """A flow-matching network turned into a flow map by decoupling its time conditioning."""
 
     title = "DMF"
@@ -95,8 +95,6 @@ class DecoupledMeanFlow(JumpMethod):
     parameterization = "flow"  # the base network's: x0 - z at data time 1 - t
     jump = "each step is one flow-map jump, u(z, t, r) of the decoupled network"
     time_convention = "flow map t in [0, 1]; t = 0 data, t = 1 noise (the flow network sees 1 - t)"
-    supported_steps = None
-    default_steps = (1, 2, 4)
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -293,11 +291,6 @@ class DecoupledMeanFlow(JumpMethod):
         }
 
     # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        nfe = super().nfe(num_steps, sampler)
-        self.check_steps(num_steps)
-        return nfe
-
     def sample_times(self, num_steps: int):
         c = self.cfg
         self.check_steps(num_steps)

@@ -36,14 +36,14 @@ core never sees a network. What it provides:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.methods import samplers
-from fewstep_jax.methods.base import bcast
+from fewstep_jax.methods.base import JumpMethod, bcast
 
 UFn = Callable[..., Any]
 
@@ -311,3 +311,50 @@ def sample(u_fn: UFn, z: jax.Array, grid: np.ndarray, *, gamma: float = 0.0, rng
         return a[i] * z_jump + b[i] * e
 
     return samplers.sampling_loop(0, steps, noisy_step, z)
+
+
+class FlowMapMethod(JumpMethod):
+    """A method sampled by `sample`: one flow-map jump per step, on the uniform schedule or the
+    config's `sample_schedule` (used for its own step count), deterministic or with the config's
+    `sample_gamma`. Subclasses define flow_map(net_params, z, t, r, y) -> u."""
+
+    supported_steps = None
+    default_steps = (1, 2, 4)
+    time_convention = "flow map t in [0, 1]; t = 0 data, t = 1 noise"
+    #: Why `sample` takes no guidance scale (the second half of its error message).
+    no_guidance_because: ClassVar[str] = "guidance is folded into training"
+
+    def flow_map(self, net_params, z, t, r, y=None, **kwargs):
+        raise NotImplementedError
+
+    def nfe(self, num_steps, sampler):
+        nfe = super().nfe(num_steps, sampler)
+        self.check_steps(num_steps)
+        return nfe
+
+    def sample_times(self, num_steps: int) -> np.ndarray:
+        """[1, ..., 0] (k + 1 times): method.sample_schedule when it has k + 1 entries, else uniform."""
+        self.check_steps(num_steps)
+        custom = getattr(self.cfg, "sample_schedule", ())
+        if len(custom) == num_steps + 1:
+            return times("custom", num_steps, custom=custom, where=self.name)
+        return times("uniform", num_steps, where=self.name)
+
+    def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
+        """z_1 ~ N(0, I), then one flow-map jump per step over sample_times(k) (gamma-sampling with
+        method.sample_gamma > 0); no guidance scale at sampling time."""
+        grid = self.sample_times(num_steps)
+        self.check_sampler(sampler)
+        if guidance != 1.0:
+            raise ValueError(
+                f"{self.name}: no classifier-free guidance at sampling time (got guidance={guidance}); "
+                f"{self.no_guidance_because}"
+            )
+        y = self.sample_labels(num_samples, labels)
+        k_z, k_noise = jax.random.split(rng)
+        z = jax.random.normal(k_z, (num_samples, *self.info.shape), jnp.float32)
+
+        def u_fn(z, t, r):
+            return self.flow_map(params["net"], z, t, r, y)
+
+        return sample(u_fn, z, grid, gamma=getattr(self.cfg, "sample_gamma", 0.0), rng=k_noise)

@@ -46,22 +46,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewstep_jax.methods import flowmap
-from fewstep_jax.methods.base import JumpMethod, LossInputs, bcast, register
+from fewstep_jax.methods.base import LossInputs, bcast, register
 from fewstep_jax.models import flowmap_nets
 
 TANGENTS = ("v_head", "boundary", "sample")
 
 
 @register("imf")
-class ImprovedMeanFlow(JumpMethod):
+class ImprovedMeanFlow(flowmap.FlowMapMethod):
     """MeanFlow with the v-loss, an auxiliary v-head tangent and guidance as network inputs."""
 
     title = "iMF"
     parameterization = "imf"  # u(z | h, 1 - 1/omega, t_min, t_max, y) and an auxiliary v
     jump = "each step is one average-velocity jump"
-    time_convention = "flow map t in [0, 1]; t = 0 data, t = 1 noise"
-    supported_steps = None
-    default_steps = (1, 2, 4)
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -268,18 +265,6 @@ class ImprovedMeanFlow(JumpMethod):
         return jnp.mean(per_example), metrics
 
     # -- sampling ----------------------------------------------------------
-    def nfe(self, num_steps, sampler):
-        nfe = super().nfe(num_steps, sampler)
-        self.check_steps(num_steps)
-        return nfe
-
-    def sample_times(self, num_steps: int) -> np.ndarray:
-        self.check_steps(num_steps)
-        custom = self.cfg.sample_schedule
-        if len(custom) == num_steps + 1:
-            return flowmap.times("custom", num_steps, custom=custom, where="imf")
-        return flowmap.times("uniform", num_steps, where="imf")
-
     def sample(self, params, rng, *, num_samples, labels=None, num_steps, sampler="euler", guidance=1.0):
         """z_1 ~ N(0, I); z <- z - (t_i - t_{i+1}) u(z | t_i - t_{i+1}, omega = guidance, [sample_t_min,
         sample_t_max], y): one network call per step, guidance as an input (no CFG pass)."""

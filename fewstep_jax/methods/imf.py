@@ -75,7 +75,6 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
         tangent: str = "v_head"  # 'v_head' (code), 'boundary' (u(z, t, t)) or 'sample' (e - x)
         v_head: bool = True  # train the auxiliary v-head (its loss term); needed by tangent='v_head'
         condition_on_t: bool = False  # t as a network input too (the paper's notation)
-        v_head_copy: bool = True  # wrapped networks: the v-head is a copy of the network
         sample_t_min: float = 0.0  # the CFG interval fed at sampling time (omega = eval.guidance)
         sample_t_max: float = 1.0
         sample_schedule: tuple[float, ...] = ()  # for k = len - 1 steps; others uniform
@@ -91,7 +90,7 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
             flowmap_nets.conditioning_width(self.net)  # a network the wrapper knows
             if c.condition_on_t and not getattr(self.net, "use_d", False):
                 raise ValueError("imf: condition_on_t feeds h as the network's `d`: set model.use_d=True")
-            self.model = flowmap_nets.GuidanceInputs(self.net, v_head=c.v_head and c.v_head_copy)
+            self.model = flowmap_nets.GuidanceInputs(self.net, v_head=c.v_head)
         if c.t_logit_std <= 0:
             raise ValueError(f"imf: t_logit_std must be positive, got {c.t_logit_std}")
         if not 0.0 <= c.ratio_r_eq_t <= 1.0:
@@ -132,7 +131,7 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
         y = self.null_labels(1) if self.conditional else None
         extra = jnp.asarray([[0.0, 0.0, 1.0]], jnp.float32)
         t_in, d_in = self.time_inputs(t, t)
-        aux = self.cfg.v_head if self.native else self.model.v_head
+        aux = self.cfg.v_head
         variables = self.model.init({"params": rng}, x, t_in, y=y, d=d_in, train=False, extra=extra, aux=aux)
         return {"net": variables["params"]}
 

@@ -399,7 +399,7 @@ class Wrapped(nn.Module):
     condition_on_t = False
 
     @nn.compact
-    def __call__(self, x, t, y=None, d=None, train=False, extra=None, aux=False):
+    def __call__(self, x, t, y=None, d=None, train=False, extra=None, heads="u"):
         return self.net(x, t, y=y, d=d, train=train)
 
 
@@ -702,16 +702,17 @@ def test_imf_dit_heads_rope_and_sizes():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
     t = jnp.array([0.3, 0.8])
     extra = jnp.array([[0.5, 0.1, 0.9], [0.0, 0.0, 1.0]])
-    params = jax.jit(lambda k: net.init(k, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, aux=True))(
+    params = jax.jit(lambda k: net.init(k, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, heads="uv"))(
         jax.random.key(1)
     )
-    u, v = net.apply(params, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, aux=True)
+    u, v = net.apply(params, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, heads="uv")
     assert float(jnp.max(jnp.abs(u))) == 0.0 and float(jnp.max(jnp.abs(v))) == 0.0
     rng = np.random.default_rng(2)  # numpy draws: no random-number kernel to compile per shape
     moved = jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape).astype(np.float32), params)
-    u, v = net.apply(moved, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, aux=True)
+    u, v = net.apply(moved, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, heads="uv")
     assert float(jnp.max(jnp.abs(u - v))) > 1e-3
     np.testing.assert_array_equal(net.apply(moved, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra), u)
+    np.testing.assert_array_equal(net.apply(moved, x, t, y=jnp.array([1, 5]), d=t / 2, extra=extra, heads="v"), v)
     q = jax.random.normal(jax.random.key(3), (1, 1, 1, 8))
     k = jax.random.normal(jax.random.key(4), (1, 1, 1, 8))
     angles = jnp.asarray(imf_dit.rope_angles(8, 12))
@@ -726,7 +727,7 @@ def test_imf_dit_heads_rope_and_sizes():
             ml_collections.ConfigDict(dict(name="imf_dit", size=size)), data_shape=(32, 32, 4), num_classes=1000
         )
         shapes = jax.eval_shape(
-            lambda: big.init(jax.random.key(0), jnp.zeros((1, 32, 32, 4)), jnp.zeros((1,)), aux=True)
+            lambda: big.init(jax.random.key(0), jnp.zeros((1, 32, 32, 4)), jnp.zeros((1,)), heads="uv")
         )
         leaves = jax.tree_util.tree_leaves_with_path(shapes["params"])
         inference = sum(np.prod(a.shape) for path, a in leaves if not str(path[0].key).startswith("v_"))

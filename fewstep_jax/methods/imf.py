@@ -131,8 +131,8 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
         y = self.null_labels(1) if self.conditional else None
         extra = jnp.asarray([[0.0, 0.0, 1.0]], jnp.float32)
         t_in, d_in = self.time_inputs(t, t)
-        aux = self.cfg.v_head
-        variables = self.model.init({"params": rng}, x, t_in, y=y, d=d_in, train=False, extra=extra, aux=aux)
+        heads = "uv" if self.cfg.v_head else "u"
+        variables = self.model.init({"params": rng}, x, t_in, y=y, d=d_in, train=False, extra=extra, heads=heads)
         return {"net": variables["params"]}
 
     def time_inputs(self, t, h):
@@ -142,13 +142,14 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
             return t, h
         return h, None
 
-    def network(self, net_params, z, t, r, omega, t_min, t_max, y, *, aux=False, train=False, dropout_rng=None):
-        """u(z | h = t - r, omega, t_min, t_max, y) (and the auxiliary v with aux=True). z [B, ...]; others [B]."""
+    def network(self, net_params, z, t, r, omega, t_min, t_max, y, *, heads="u", train=False, dropout_rng=None):
+        """u(z | h = t - r, omega, t_min, t_max, y), the auxiliary v (heads='v') or both ('uv').
+        z [B, ...]; the others [B]."""
         rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else None
         extra = jnp.stack([1.0 - 1.0 / omega, t_min, t_max], axis=1).astype(jnp.promote_types(t.dtype, jnp.float32))
         t_in, d_in = self.time_inputs(t, t - r)
         y = y if self.conditional else None
-        return self.model.apply({"params": net_params}, z, t_in, y=y, d=d_in, train=train, extra=extra, aux=aux,
+        return self.model.apply({"params": net_params}, z, t_in, y=y, d=d_in, train=train, extra=extra, heads=heads,
                                 rngs=rngs)  # fmt: skip
 
     # -- training ----------------------------------------------------------
@@ -191,12 +192,11 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
         n = z.shape[0]
         ones = jnp.ones_like(t)
         y2 = None if y is None else jnp.concatenate([y, self.null_labels(n)])
-        aux = self.cfg.tangent == "v_head"
+        heads = "v" if self.cfg.tangent == "v_head" else "u"
         out = self.network(frozen, jnp.concatenate([z, z]), jnp.concatenate([t, t]), jnp.concatenate([t, t]),
                            jnp.concatenate([omega_in, ones]), jnp.zeros_like(jnp.concatenate([t, t])),
-                           jnp.concatenate([ones, ones]), y2, aux=aux)  # fmt: skip
-        v = out[1] if aux else out
-        return jax.lax.stop_gradient(v[:n]), jax.lax.stop_gradient(v[n:])
+                           jnp.concatenate([ones, ones]), y2, heads=heads)  # fmt: skip
+        return jax.lax.stop_gradient(out[:n]), jax.lax.stop_gradient(out[n:])
 
     def training_terms(self, params, batch, rng, *, train=True) -> dict[str, Any]:
         """Everything the loss is built from (keys: t, r, z_t, v_hat, omega, t_min, t_max, omega_used,
@@ -234,8 +234,10 @@ class ImprovedMeanFlow(flowmap.FlowMapMethod):
         y_in = None if y is None else jnp.where(dropped, self.info.num_classes, y)
         with_v = c.v_head
 
+        heads = "uv" if with_v else "u"
+
         def u_fn(z_, t_, r_):
-            out = self.network(params["net"], z_, t_, r_, omega, t_min, t_max, y_in, aux=with_v, train=train,
+            out = self.network(params["net"], z_, t_, r_, omega, t_min, t_max, y_in, heads=heads, train=train,
                                dropout_rng=k_drop)  # fmt: skip
             return out if with_v else (out, jnp.zeros_like(out))
 

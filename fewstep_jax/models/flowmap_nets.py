@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fewstep_jax.models import layers
+from fewstep_jax.models import imf_dit, layers
 from fewstep_jax.models.dit import DiT, DiTBlock
 from fewstep_jax.models.mlp import MLP
 from fewstep_jax.models.unet import ResBlock, UNet
@@ -174,9 +174,9 @@ class WithGuidanceInputs(nn.Module):
 class GuidanceInputs(nn.Module):
     """A suite network with iMF's guidance inputs and auxiliary velocity head (see the module docstring).
 
-    __call__(x, t, y, d, train, extra, aux): extra [B, 3] = (1 - 1/omega, t_min, t_max) (None: omega = 1
-    on [0, 1]); returns u, or (u, v_aux) with aux=True. Parameters: {'u': the network and its
-    guidance embedders, 'v': the auxiliary copy (v_head=True only)}.
+    __call__(x, t, y, d, train, extra, heads): extra [B, 3] = (1 - 1/omega, t_min, t_max) (None: omega
+    = 1 on [0, 1]); returns u (heads='u'), v_aux ('v', u not computed) or (u, v_aux) ('uv').
+    Parameters: {'u': the network and its guidance embedders, 'v': the auxiliary copy (v_head=True only)}.
     """
 
     base: nn.Module
@@ -190,13 +190,14 @@ class GuidanceInputs(nn.Module):
         return self.base.use_d
 
     @nn.compact
-    def __call__(self, x, t, y=None, d=None, train: bool = False, extra: Array | None = None, aux: bool = False):
+    def __call__(self, x, t, y=None, d=None, train: bool = False, extra: Array | None = None, heads: str = "u"):
+        imf_dit.check_heads(heads)
+        if "v" in heads and not self.v_head:
+            raise ValueError("this network has no auxiliary velocity head (v_head=False)")
         if extra is None:
             extra = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 1.0], jnp.float32), (t.shape[0], 3))
-        u = WithGuidanceInputs(self.base.clone(), self.freq_dim, name="u")(x, t, y, d, train, extra)
-        if not aux:
-            return u
-        if not self.v_head:
-            raise ValueError("this network has no auxiliary velocity head (v_head=False)")
-        v = WithGuidanceInputs(self.base.clone(), self.freq_dim, name="v")(x, t, y, d, train, extra)
-        return u, v
+        outputs = {
+            name: WithGuidanceInputs(self.base.clone(), self.freq_dim, name=name)(x, t, y, d, train, extra)
+            for name in heads
+        }
+        return outputs[heads] if len(heads) == 1 else (outputs["u"], outputs["v"])

@@ -21,9 +21,9 @@ N(0, 1 / H), the patch embedding Xavier-uniform, output layers and gates zero (t
 network outputs exactly 0). Attention is layers.attention (einsum, float32 softmax), which
 jax.jvp can push forward.
 
-Interface (the suite's, plus the guidance inputs): __call__(x, t, y, d, train, extra, aux) with
-d = h = t - r, extra [B, 3] = (1 - 1/omega, t_min, t_max) (None: omega = 1 on [0, 1]);
-returns u, or (u, v) with aux=True.
+Interface (the suite's, plus the guidance inputs): __call__(x, t, y, d, train, extra, heads) with
+d = h = t - r, extra [B, 3] = (1 - 1/omega, t_min, t_max) (None: omega = 1 on [0, 1]); returns u
+(heads='u'), v ('v': the u head is not computed) or (u, v) ('uv').
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class Block(nn.Module):
 
 
 class IMFDiT(nn.Module):
-    """The iMF DiT (see the module docstring): x [B, H, W, C] -> u (and v with aux=True)."""
+    """The iMF DiT (see the module docstring): x [B, H, W, C] -> u, v or (u, v) (`heads`)."""
 
     hidden: int = 768
     depth: int = 12
@@ -164,8 +164,9 @@ class IMFDiT(nn.Module):
         return n + (self.class_tokens if self.num_classes else 0)
 
     @nn.compact
-    def __call__(self, x, t, y=None, d=None, train: bool = False, extra: Array | None = None, aux: bool = False):
+    def __call__(self, x, t, y=None, d=None, train: bool = False, extra: Array | None = None, heads: str = "u"):
         del train  # no dropout
+        check_heads(heads)
         if x.ndim != 4 or x.shape[1] % self.patch or x.shape[2] % self.patch:
             raise ValueError(f"IMFDiT expects [B, H, W, C] with H, W divisible by patch={self.patch}, got {x.shape}")
         batch, height, width, channels = x.shape
@@ -222,8 +223,17 @@ class IMFDiT(nn.Module):
             h = h.reshape(batch, grid_h, grid_w, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
             return h.reshape(batch, height, width, channels).astype(out_dtype)
 
-        u = head("u", seq)
-        return (u, head("v", seq)) if aux else u
+        outputs = {name: head(name, seq) for name in heads}
+        return outputs[heads] if len(heads) == 1 else (outputs["u"], outputs["v"])
+
+
+#: The outputs a network with an auxiliary velocity head can return.
+HEADS = ("u", "v", "uv")
+
+
+def check_heads(heads: str) -> None:
+    if heads not in HEADS:
+        raise ValueError(f"heads must be one of {HEADS} (average velocity, auxiliary velocity, both), got {heads!r}")
 
 
 DEFAULTS: dict[str, Any] = dict(

@@ -419,13 +419,8 @@ def main(argv):
         **measured,
     }
     tag = FLAGS.tag or f"{harness.machine_tag(report['machine'])}-{FLAGS.network}"
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    base = os.path.join(FLAGS.out_dir, f"bench_{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=2)
     table = markdown(report)
-    with open(base + ".md", "w") as f:
-        f.write(table)
+    base = harness.write_report(FLAGS.out_dir, f"bench_{tag}", report, table)
     print(table)
     progress(f"wrote {base}.json and {base}.md")
 

@@ -218,6 +218,19 @@ def machine_tag(machine: dict) -> str:
     return slug(machine["device_kind"]) + (f"-x{count}" if count > 1 else "")
 
 
+def write_report(out_dir: str, name: str, report: dict, table: str) -> str:
+    """out_dir/<name>.json (the report) and .md (its table); returns the path without suffix."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    with open(base + ".md", "w") as f:
+        f.write(table)
+    return base
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """KEY=VALUE strings -> {KEY: VALUE}, VALUE read as a Python literal where it is one."""
     out = {}

@@ -24,7 +24,6 @@ sampling not included). Writes --out_dir/latent_bench_<machine>.json and .md.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -197,13 +196,8 @@ def main(argv):
     }
     report["fid_cost"] = fid_cost(rows)
     tag = FLAGS.tag or harness.machine_tag(report["machine"])
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    base = os.path.join(FLAGS.out_dir, f"latent_bench_{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=2)
     table = markdown(report)
-    with open(base + ".md", "w") as f:
-        f.write(table)
+    base = harness.write_report(FLAGS.out_dir, f"latent_bench_{tag}", report, table)
     print(table)
     progress(f"wrote {base}.json and {base}.md")
 

@@ -348,13 +348,8 @@ def main(argv):
         "rows": rows,
     }
     tag = FLAGS.tag or harness.machine_tag(report["machine"])
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    base = os.path.join(FLAGS.out_dir, f"memory_{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=2)
     table = markdown(report)
-    with open(base + ".md", "w") as f:
-        f.write(table)
+    base = harness.write_report(FLAGS.out_dir, f"memory_{tag}", report, table)
     print(table)
     progress(f"wrote {base}.json and {base}.md")
 

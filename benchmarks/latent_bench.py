@@ -165,8 +165,9 @@ def markdown(report: dict) -> str:
     if cost["parts"]:
         lines += [
             "",
-            f"FID-50k and FD-DINOv2-50k of a latent model at these rates ({', '.join(cost['parts'])}, fp32 HIGHEST, "
-            f"best batch; sampling not included): **{cost['minutes_50k']:.0f} min** on this machine.",
+            f"50,000 images through the measured parts of FID-50k and FD-DINOv2-50k of a latent model "
+            f"({', '.join(cost['parts'])}; fp32 HIGHEST, best batch; sampling not included): "
+            f"**{cost['minutes_50k']:.0f} min** on this machine.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -55,9 +55,12 @@ def ddpmpp_unet(**overrides: Any) -> ConfigDict:
     16x16, dropout 0.13, resampling residual blocks with the filter [1, 1] and a 1x1 skip
     projection, attention only on the last decoder block of a level, the embedding added before
     the second GroupNorm, GroupNorm eps 1e-6 with >= 4 channels per group): ~55.7M parameters
-    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1). label_embed and
-    time_map are listed so that a command line can set them (models/pretrained: EDM's label input,
-    the exact EDM -> TrigFlow conversion of an imported EDM model; docs/PRETRAINED.md)."""
+    unconditional. `emb_norm='adaptive_double'` gives sCM's variant (sec. 4.1). label_embed,
+    time_map, noise_dim, embedding_type, encoder_type and resample_filter are listed so that a
+    command line can set them (models/pretrained: EDM's label input, the exact EDM -> TrigFlow
+    conversion of an imported EDM model, EDM's NCSN++ ('-ve' files: embedding_type=fourier,
+    noise_dim=256, encoder_type=residual, resample_filter=1,3,3,1, ~56.4M parameters);
+    docs/PRETRAINED.md)."""
     cfg = dict(
         name="unet",
         channels=128,
@@ -73,6 +76,28 @@ def ddpmpp_unet(**overrides: Any) -> ConfigDict:
         norm_eps=1e-6,
         min_group_size=4,
         label_embed="table",
+        time_map="identity",
+        noise_dim=0,
+        embedding_type="positional",
+        encoder_type="standard",
+    )
+    return ConfigDict(dict(cfg, **overrides))
+
+
+def adm(**overrides: Any) -> ConfigDict:
+    """ADM as EDM trains it on ImageNet-64 (Karras et al. 2022, train.py --arch=adm: EDM's
+    DhariwalUNet, models/adm.py): 192 channels x [1, 2, 3, 4], 3 blocks per level, attention at
+    32 / 16 / 8 with heads of 64 channels, dropout 0.1: ~296M parameters with 1000 classes, the
+    network of edm-imagenet-64x64-cond-adm.pkl. time_map is listed so that a command line can set
+    it (the exact EDM -> TrigFlow conversion; docs/PRETRAINED.md)."""
+    cfg = dict(
+        name="adm",
+        channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_blocks=3,
+        attn_resolutions=(32, 16, 8),
+        dropout=0.1,
+        channels_per_head=64,
         time_map="identity",
     )
     return ConfigDict(dict(cfg, **overrides))

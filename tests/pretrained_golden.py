@@ -17,6 +17,15 @@ train.init_from tests):
       channel_mult_noise 8 (a 32-wide positional embedding), augment_dim 9 as EDM's CIFAR-10
       models; 1 channel, 10 classes for `cond`. Pickled as EDM's training_loop.py does:
       dict(ema, loss_fn=EDMLoss, augment_pipe=AugmentPipe, dataset_kwargs), float32 weights.
+  edm-digits-8x8-cond-ve.pkl  the same with EDM's NCSN++ settings (train.py --arch=ncsnpp:
+      Fourier noise embedding, channel_mult_noise 2, residual encoder, standard decoder, filter
+      [1, 3, 3, 1]), 10 classes.
+  edm-digits-8x8-cond-adm.pkl  EDMPrecond + DhariwalUNet (train.py --arch=adm), model_channels 4,
+      channel_mult [1, 2, 2], 1 block per level, attention at 8x8 and 4x4, dropout 0.1,
+      augment_dim 9, 10 classes. DhariwalUNet passes channels_per_head=64 to its UNetBlocks, which
+      leaves a network this small without attention heads; the fixture builds its UNetBlocks with
+      channels_per_head=2 (the UNetBlock argument DhariwalUNet sets; the blocks record it in the
+      file), through a wrapper around the class while DhariwalUNet is constructed.
   edm2-digits-xxs-0000524-0.130.pkl, edm2-latent8-xxs-uncond-0000262-0.050.pkl  EDM2's Precond
       + UNet, model_channels 8, channel_mult [1, 2, 2], 1 block per level, attention at 4x4 with
       4 channels per head, logvar_channels 16; 1 channel and 10 classes / 4 latent channels and
@@ -30,7 +39,8 @@ numpy.random.default_rng([SEED, crc32(name)]) by its torch state_dict name, in f
 stored in the file's dtype:
   EDM   Linear / Conv2d weights N(0, 1 / fan_in); biases N(0, 0.1^2); GroupNorm weights
         U(0.5, 1.5), biases N(0, 0.1^2); the resampling filters keep their values (constants of
-        the architecture). Every zero-initialized layer gets random weights too.
+        the architecture); NCSN++'s Fourier frequencies 16 N(0, 1) (FourierEmbedding's scale).
+        Every zero-initialized layer gets random weights too.
   EDM2  MPConv weights N(0, 3^2) (far from unit norm, so the weight normalization in the forward
         pass matters); the gains U(0.5, 1.5) (zero in a fresh network); MPFourier frequencies
         2 pi N(0, 1) and phases 2 pi U(0, 1).
@@ -92,6 +102,26 @@ EDM_KWARGS = dict(
     dropout=0.13,
     use_fp16=False,
 )
+EDM_NCSNPP_KWARGS = dict(
+    EDM_KWARGS,
+    embedding_type="fourier",
+    encoder_type="residual",
+    channel_mult_noise=2,
+    resample_filter=[1, 3, 3, 1],
+)
+EDM_ADM_KWARGS = dict(
+    img_resolution=8,
+    model_type="DhariwalUNet",
+    model_channels=4,
+    channel_mult=[1, 2, 2],
+    num_blocks=1,
+    attn_resolutions=[8, 4],
+    augment_dim=9,
+    dropout=0.1,
+    use_fp16=False,
+)
+#: channels_per_head of the fixture ADM's UNetBlocks (DhariwalUNet's own: 64).
+ADM_CHANNELS_PER_HEAD = 2
 EDM2_KWARGS = dict(
     img_resolution=8,
     model_channels=8,
@@ -104,12 +134,14 @@ EDM2_KWARGS = dict(
     use_fp16=True,
 )
 
-#: file name -> (family, image channels, label count, extra constructor arguments)
+#: file name -> (family, image channels, label count, constructor arguments)
 FIXTURE_NETS = {
-    "edm-digits-8x8-uncond-vp.pkl": ("edm", 1, 0),
-    "edm-digits-8x8-cond-vp.pkl": ("edm", 1, NUM_CLASSES),
-    "edm2-digits-xxs-0000524-0.130.pkl": ("edm2", 1, NUM_CLASSES),
-    "edm2-latent8-xxs-uncond-0000262-0.050.pkl": ("edm2", 4, 0),
+    "edm-digits-8x8-uncond-vp.pkl": ("edm", 1, 0, EDM_KWARGS),
+    "edm-digits-8x8-cond-vp.pkl": ("edm", 1, NUM_CLASSES, EDM_KWARGS),
+    "edm-digits-8x8-cond-ve.pkl": ("edm", 1, NUM_CLASSES, EDM_NCSNPP_KWARGS),
+    "edm-digits-8x8-cond-adm.pkl": ("edm", 1, NUM_CLASSES, EDM_ADM_KWARGS),
+    "edm2-digits-xxs-0000524-0.130.pkl": ("edm2", 1, NUM_CLASSES, EDM2_KWARGS),
+    "edm2-latent8-xxs-uncond-0000262-0.050.pkl": ("edm2", 4, 0, EDM2_KWARGS),
 }
 
 
@@ -120,6 +152,8 @@ def random_value(family: str, name: str, shape: tuple[int, ...], current: np.nda
     if family == "edm":
         if leaf == "resample_filter":
             return current
+        if leaf == "freqs":
+            return 16.0 * rng.normal(0.0, 1.0, shape)
         if leaf == "weight" and len(shape) >= 2:
             return rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[1:])), shape)
         if leaf == "weight" and "norm" in name:
@@ -214,7 +248,8 @@ def _evaluate(net, module, family: str, channels: int, num_classes: int) -> dict
 
 
 #: Released files whose full-size parameter counts the tests compare with: file -> constructor
-#: arguments (EDM train.py --arch=ddpmpp for CIFAR-10; EDM2 train_edm2.py presets).
+#: arguments (EDM train.py --arch=ddpmpp / ncsnpp for CIFAR-10, --arch=adm for ImageNet-64 as
+#: EDM's README trains it: --dropout=0.10 --augment=0; EDM2 train_edm2.py presets).
 _CIFAR10_DDPMPP = {
     **EDM_KWARGS,
     "img_resolution": 32,
@@ -225,9 +260,28 @@ _CIFAR10_DDPMPP = {
     "num_blocks": 4,
     "attn_resolutions": [16],
 }
+_CIFAR10_NCSNPP = {
+    **_CIFAR10_DDPMPP,
+    "embedding_type": "fourier",
+    "encoder_type": "residual",
+    "channel_mult_noise": 2,
+    "resample_filter": [1, 3, 3, 1],
+}
 RELEASED = {
     "edm-cifar10-32x32-uncond-vp.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=0, **_CIFAR10_DDPMPP),
     "edm-cifar10-32x32-cond-vp.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=10, **_CIFAR10_DDPMPP),
+    "edm-cifar10-32x32-uncond-ve.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=0, **_CIFAR10_NCSNPP),
+    "edm-cifar10-32x32-cond-ve.pkl": dict(class_name="training.networks.EDMPrecond", label_dim=10, **_CIFAR10_NCSNPP),
+    "edm-imagenet-64x64-cond-adm.pkl": dict(
+        class_name="training.networks.EDMPrecond",
+        img_resolution=64,
+        img_channels=3,
+        label_dim=1000,
+        model_type="DhariwalUNet",
+        model_channels=192,
+        channel_mult=[1, 2, 3, 4],
+        dropout=0.1,
+    ),
     "edm2-img512-xs-2147483-0.135.pkl": dict(
         class_name="training.networks_edm2.Precond",
         img_resolution=64,
@@ -249,9 +303,11 @@ RELEASED = {
 
 def kept_parameters(net, family: str) -> int:
     """What the suite's network holds of a reference network: the denoiser's parameters (EDM:
-    without the augmentation map; EDM2: the UNet's, plus its MPFourier frequencies and phases)."""
+    without the augmentation map, plus NCSN++'s Fourier frequencies; EDM2: the UNet's, plus its
+    MPFourier frequencies and phases)."""
     if family == "edm":
         kept = {k: v for k, v in net.model.named_parameters() if not k.startswith("map_augment.")}
+        kept.update({k: v for k, v in net.model.named_buffers() if k == "map_noise.freqs"})
     else:
         kept = {**dict(net.unet.named_parameters()), **dict(net.unet.emb_fourier.named_buffers())}
     return sum(v.numel() for v in kept.values())
@@ -275,11 +331,11 @@ def _write(family: str, module, build, pack) -> dict[str, np.ndarray]:
     import torch
 
     out = {}
-    for file, (kind, channels, num_classes) in FIXTURE_NETS.items():
+    for file, (kind, channels, num_classes, kwargs) in FIXTURE_NETS.items():
         if kind != family:
             continue
         torch.manual_seed(0)
-        net = build(channels, num_classes)
+        net = build(channels, num_classes, kwargs)
         _randomize(net, family, torch.float32)
         data = pack(net, channels, num_classes)
         with open(os.path.join(FIXTURES, file), "wb") as f:
@@ -294,10 +350,20 @@ def write_edm(source: str, tmp: str) -> dict[str, np.ndarray]:
     import dnnlib
     import training.networks
 
-    def build(channels, num_classes):
-        return dnnlib.util.construct_class_by_name(
-            class_name="training.networks.EDMPrecond", img_channels=channels, label_dim=num_classes, **EDM_KWARGS
-        )
+    def build(channels, num_classes, kwargs):
+        block = training.networks.UNetBlock
+        if kwargs["model_type"] == "DhariwalUNet":  # see the module docstring
+
+            def fixture_block(**block_kwargs):
+                return block(**{**block_kwargs, "channels_per_head": ADM_CHANNELS_PER_HEAD})
+
+            training.networks.UNetBlock = fixture_block
+        try:
+            return dnnlib.util.construct_class_by_name(
+                class_name="training.networks.EDMPrecond", img_channels=channels, label_dim=num_classes, **kwargs
+            )
+        finally:
+            training.networks.UNetBlock = block
 
     def pack(net, channels, num_classes):
         """EDM training_loop.py: the EMA network copied, in eval mode, without gradients, on the CPU."""
@@ -335,9 +401,9 @@ def write_edm2(source: str, tmp: str) -> dict[str, np.ndarray]:
     import dnnlib
     import training.networks_edm2
 
-    def build(channels, num_classes):
+    def build(channels, num_classes, kwargs):
         return dnnlib.util.construct_class_by_name(
-            class_name="training.networks_edm2.Precond", img_channels=channels, label_dim=num_classes, **EDM2_KWARGS
+            class_name="training.networks_edm2.Precond", img_channels=channels, label_dim=num_classes, **kwargs
         )
 
     def pack(net, channels, num_classes):

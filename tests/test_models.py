@@ -26,6 +26,10 @@ DIT_TINY = dict(name="dit", hidden=64, depth=2, num_heads=4, patch=2)
 EDM2_TINY = dict(name="edm2", channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
                  channels_per_head=8)
 EDM2_ONE_LEVEL = dict(EDM2_TINY, channel_mult=(1,), attn_resolutions=())
+# ADM (EDM's DhariwalUNet) with one level: encoder block with 2-head attention, the middle pair,
+# two decoder blocks; its resampling blocks run in tests/test_pretrained_edm.py's parity test.
+ADM_ONE_LEVEL = dict(name="adm", channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(8,),
+                     channels_per_head=4, dropout=0.1)
 
 # Compilation dominates this file's runtime on CPU. Threefry keys make every parameter
 # initializer a separate unrolled hash (~10-20 s to compile a UNet init on 2 cores); the 'rbg'
@@ -102,6 +106,7 @@ COND_CASES = [
     ("dit_8x8x1", DIT_TINY, (8, 8, 1), 0.1, 1e-5),
     ("dit_16x16x3", DIT_TINY, (16, 16, 3), 0.1, 1e-5),
     ("edm2", EDM2_ONE_LEVEL, (16, 16, 3), 0.2, None),
+    ("adm", ADM_ONE_LEVEL, (8, 8, 1), 0.2, None),
 ]
 
 

@@ -1,8 +1,9 @@
 """Importing NVlabs' EDM and EDM2 network pickles (fewstep_jax/models/pretrained/).
 
 The fixtures are real network pickles written by the official code (tests/pretrained_golden.py:
-reduced-size EDMPrecond + DDPM++ and EDM2 Precond networks with seeded random weights, pickled as
-their training loops do) with the float64 outputs of their full preconditioned forward pass. The
+reduced-size EDMPrecond + DDPM++ / NCSN++ / ADM and EDM2 Precond networks with seeded random
+weights, pickled as their training loops do) with the float64 outputs of their full
+preconditioned forward pass. The
 imported networks, run through the suite's own EDM preconditioning (methods/edm.py), must equal
 those outputs: float64 to 1e-10 and float32 to 1e-4 of the outputs' RMS (max |difference|).
 """
@@ -25,8 +26,9 @@ from fewstep_jax.models.pretrained import edm, edm2, network_pickle
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pretrained")
 EDM_UNCOND, EDM_COND = "edm-digits-8x8-uncond-vp.pkl", "edm-digits-8x8-cond-vp.pkl"
+NCSNPP, ADM = "edm-digits-8x8-cond-ve.pkl", "edm-digits-8x8-cond-adm.pkl"
 EDM2_COND, EDM2_LATENT = "edm2-digits-xxs-0000524-0.130.pkl", "edm2-latent8-xxs-uncond-0000262-0.050.pkl"
-ALL = (EDM_UNCOND, EDM_COND, EDM2_COND, EDM2_LATENT)
+ALL = (EDM_UNCOND, EDM_COND, NCSNPP, ADM, EDM2_COND, EDM2_LATENT)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_imported_denoiser_equals_the_reference_float64(golden, imported, name):
         assert _relative(denoised, golden[f"{name}/denoised"]) <= 1e-10
 
 
-@pytest.mark.parametrize("name", (EDM_COND, EDM2_LATENT))
+@pytest.mark.parametrize("name", (EDM_COND, NCSNPP, ADM, EDM2_LATENT))
 def test_imported_denoiser_equals_the_reference_float32(golden, imported, name):
     imp = imported[name]
     method = _method(imp)
@@ -84,7 +86,7 @@ def test_imported_denoiser_equals_the_reference_float32(golden, imported, name):
     assert _relative(denoised, golden[f"{name}/denoised"]) <= 1e-4
 
 
-@pytest.mark.parametrize("name", (EDM_COND, EDM2_COND))
+@pytest.mark.parametrize("name", (EDM_COND, EDM2_COND))  # ADM's: through sCD's teacher, below
 def test_trigflow_conversion_is_exact(golden, imported, name):
     """As a TrigFlow network (as_trigflow: c_noise = ln(sigma_d tan t) / 4, output negated), the
     denoiser f(x_t, t) = cos(t) x_t - sin(t) sigma_d F(x_t / sigma_d, t) at t = arctan(sigma / sigma_d),
@@ -123,8 +125,11 @@ def test_summary_and_sections(golden, imported, name):
         assert summary["stored_dtype"] == "float16" and imp.model["fourier_params"] is True
         assert imp.sampling == dict(sampler="heun", num_steps=32)
     else:
-        assert imp.sampling == dict(sampler="heun", num_steps=18)  # EDM Table 2: NFE 35
+        # EDM Table 2: NFE 35 (CIFAR-10); example.py: NFE 79 for its 64x64 models (ADM)
+        assert imp.sampling == dict(sampler="heun", num_steps=40 if name == ADM else 18)
         assert summary["not_imported"] and "map_augment" in summary["not_imported"][0]
+        architecture = {EDM_UNCOND: "DDPM++ (EDM SongUNet)", EDM_COND: "DDPM++", NCSNPP: "NCSN++", ADM: "ADM"}[name]
+        assert summary["architecture"].startswith(architecture)
     assert imp.data_name == (None if name == EDM2_LATENT else "digits")
 
 
@@ -169,7 +174,14 @@ def test_truncated_file(tmp_path):
     [
         (EDM_UNCOND, b"EDMPrecond", b"EDMPrecXnd", r"unknown network class 'EDMPrecXnd' under 'ema'; importable: "),
         (EDM_UNCOND, b"SongUNet", b"SongUNeX", r"unknown network class 'SongUNeX' under EDMPrecond"),
+        (ADM, b"DhariwalUNet", b"DhariwalUNeX", r"unknown network class 'DhariwalUNeX' under EDMPrecond"),
         (EDM_UNCOND, b"GroupNorm", b"GroupNorX", r"unknown class 'GroupNorX' at ema\.model\.enc\.8x8_block0\.norm0 "),
+        (
+            NCSNPP,
+            b"FourierEmbedding",
+            b"FourierEmbeddinX",
+            r"unknown class 'FourierEmbeddinX' at ema\.model\.map_noise",
+        ),
         (EDM2_COND, b"MPFourier", b"MPFourieX", r"unknown class 'MPFourieX' at ema\.unet\.emb_fourier "),
     ],
 )
@@ -198,33 +210,35 @@ def _ema(class_name, model, **kwargs):
     return {"ema": network_pickle.Module(class_name, state)}
 
 
-@pytest.mark.parametrize(
-    "data, match",
-    [
-        (_ema("VPPrecond", None), r"f\.pkl is a VPPrecond-preconditioned EDM baseline; the suite imports EDMPrecond"),
-        (
-            _ema("EDMPrecond", network_pickle.Module("DhariwalUNet", {})),
-            r"f\.pkl is an ADM network \(DhariwalUNet, EDM's ImageNet-64 model\); the suite has no ADM network",
-        ),
-    ],
-)
-def test_networks_the_suite_does_not_have_are_refused_by_name(data, match):
-    with pytest.raises(pretrained.PretrainedError, match=match):
-        edm.convert(data, "f.pkl")
+def test_baselines_are_refused_by_name():
+    with pytest.raises(pretrained.PretrainedError, match=r"f\.pkl is a VPPrecond-preconditioned EDM baseline; "):
+        edm.convert(_ema("VPPrecond", None), "f.pkl")
 
 
-def test_ncsnpp_is_refused_by_name():
-    """EDM's train.py --arch=ncsnpp (the '-ve' files)."""
-    kwargs = {
-        **edm.SONGUNET_DEFAULTS,
-        "img_resolution": 32,
-        "embedding_type": "fourier",
-        "encoder_type": "residual",
-        "channel_mult_noise": 2,
-        "resample_filter": [1, 3, 3, 1],
-    }
-    with pytest.raises(pretrained.PretrainedError, match=r"f\.pkl is NCSN\+\+ \('-ve' files\): \{'embedding_type'"):
+@pytest.mark.parametrize("key, value", [("encoder_type", "skip"), ("decoder_type", "skip")])
+def test_songunet_skip_paths_are_refused_by_name(key, value):
+    """SongUNet's 'skip' encoder / decoder (score_sde's progressive input / output), which no
+    released EDM file uses and the suite's unet does not have."""
+    kwargs = {**edm.SONGUNET_DEFAULTS, "img_resolution": 32, key: value}
+    with pytest.raises(
+        pretrained.PretrainedError,
+        match=rf"f\.pkl is a SongUNet with \{{'{key}': 'skip'\}}; the suite's unet has embedding_type 'positional' / "
+        r"'fourier', encoder_type 'standard' / 'residual', decoder_type 'standard' \(EDM's DDPM\+\+ and NCSN\+\+\)$",
+    ):
         edm.model_section(kwargs, "f.pkl")
+
+
+def test_a_filter_buffer_other_than_the_model_sections_is_named(tmp_path):
+    """NCSN++'s [1, 3, 3, 1] buffers are outer(f, f) / 64; a file whose buffers hold another
+    filter than its constructor arguments say is refused, naming the buffer."""
+    data = network_pickle.load(os.path.join(FIXTURES, NCSNPP))
+    model = data["ema"].children["model"]
+    model.state["_init_kwargs"] = {**model.kwargs, "resample_filter": [1, 1]}
+    with pytest.raises(
+        pretrained.PretrainedError,
+        match=r"^f\.pkl: enc\.4x4_down\.conv0\.resample_filter is \[0\.015625, .*\], not the filter \[1, 1\] ",
+    ):
+        edm.convert(data, "f.pkl")
 
 
 def _count(imp_model, shape, num_classes):
@@ -232,13 +246,31 @@ def _count(imp_model, shape, num_classes):
     return sum(int(np.prod(s)) for s in pretrained.expected_shapes(net, shape, num_classes).values())
 
 
+#: NCSN++ as EDM's train.py --arch=ncsnpp sets it (the '-ve' files).
+NCSNPP_ARGS = dict(
+    embedding_type="fourier",
+    encoder_type="residual",
+    decoder_type="standard",
+    channel_mult_noise=2,
+    resample_filter=[1, 3, 3, 1],
+)
+
+
 @pytest.mark.parametrize(
-    "file, num_classes", [("edm-cifar10-32x32-uncond-vp.pkl", 0), ("edm-cifar10-32x32-cond-vp.pkl", 10)]
+    "file, num_classes",
+    [
+        ("edm-cifar10-32x32-uncond-vp.pkl", 0),
+        ("edm-cifar10-32x32-cond-vp.pkl", 10),
+        ("edm-cifar10-32x32-uncond-ve.pkl", 0),
+        ("edm-cifar10-32x32-cond-ve.pkl", 10),
+    ],
 )
 def test_released_cifar10_arguments_give_the_ect_configs_network(golden, file, num_classes):
     """EDM's train.py --arch=ddpmpp (32x32x3, 128 channels x [2, 2, 2], dropout 0.13, augment_dim
     9): the network of configs/ect_cifar.py / sct_cifar.py (with `:cond` for the conditional file),
-    with as many parameters as the reference network holds (without map_augment)."""
+    with as many parameters as the reference network holds (without map_augment). --arch=ncsnpp
+    ('-ve'): that network with NCSN++'s four settings (docs/PRETRAINED.md's flags), as many
+    parameters as the reference plus its 128 Fourier frequencies (a buffer there)."""
     from fewstep_jax import recipes
 
     kwargs = {
@@ -250,9 +282,19 @@ def test_released_cifar10_arguments_give_the_ect_configs_network(golden, file, n
         "dropout": 0.13,
         "augment_dim": 9,
         "label_dim": num_classes,
+        **(NCSNPP_ARGS if file.endswith("-ve.pkl") else {}),
     }
     cfg = edm.model_section(kwargs, file)
     ect = recipes.ect_cifar10(conditional=num_classes > 0)
+    assert _count(cfg, (32, 32, 3), num_classes) == int(golden[f"released/{file}/num_params"])
+    if file.endswith("-ve.pkl"):
+        assert pretrained.architecture_differences(cfg, ect.model.to_dict(), num_classes) == [
+            "embedding_type='fourier' (file) vs 'positional' (config)",
+            "encoder_type='residual' (file) vs 'standard' (config)",
+            "noise_dim=256 (file) vs 128 (config)",
+            "resample_filter=(1, 3, 3, 1) (file) vs (1, 1) (config)",
+        ]
+        return
     assert pretrained.architecture_differences(cfg, ect.model.to_dict(), num_classes) == []
     if num_classes == 0:  # sCD from the file: sCM's CIFAR-10 network with EDM's embedding (docs/PRETRAINED.md)
         scd = recipes.scm_cifar10().model.to_dict()
@@ -260,7 +302,19 @@ def test_released_cifar10_arguments_give_the_ect_configs_network(golden, file, n
             "emb_norm='additive' (file) vs 'adaptive_double' (config)"
         ]
         assert pretrained.architecture_differences(cfg, {**scd, "emb_norm": "additive"}, 0) == []
-    assert _count(cfg, (32, 32, 3), num_classes) == int(golden[f"released/{file}/num_params"])
+
+
+def test_released_adm_arguments_give_the_adm_configs_network(golden):
+    """EDM's train.py --arch=adm on ImageNet-64 (DhariwalUNet's defaults, 1000 classes, dropout
+    0.1; its UNetBlocks get channels_per_head 64): the network of recipes.adm(), with the
+    reference network's parameter count."""
+    from fewstep_jax import recipes
+
+    file = "edm-imagenet-64x64-cond-adm.pkl"
+    kwargs = {**edm.DHARIWALUNET_DEFAULTS, "img_resolution": 64, "in_channels": 3, "label_dim": 1000}
+    cfg = edm.adm_section(kwargs, 64, file)
+    assert _count(cfg, (64, 64, 3), 1000) == int(golden[f"released/{file}/num_params"])
+    assert pretrained.architecture_differences(cfg, recipes.adm().to_dict(), 1000) == []
 
 
 @pytest.mark.parametrize(
@@ -461,37 +515,42 @@ def test_trigflow_methods_take_an_edm_file_through_the_conversion_only(tmp_path,
         _checked(config, str(tmp_path / "c"))
 
 
-def test_scd_teacher_from_an_edm2_file_is_the_converted_denoiser(tmp_path, golden, imported):
-    """method.teacher = an EDM2 file: sCD's teacher velocity sigma_d F_teacher(x_t / sigma_d, t)
+@pytest.mark.parametrize("name", (EDM2_COND, ADM))
+def test_scd_teacher_from_a_file_is_the_converted_denoiser(tmp_path, golden, imported, name):
+    """method.teacher = an EDM2 / EDM ADM file: sCD's teacher velocity sigma_d F_teacher(x_t / sigma_d, t)
     is what the reference denoiser D implies: (cos(t) x_t - D) / sin(t) at sigma = sigma_d tan t."""
     from fewstep_jax import experiment
 
-    imp = imported[EDM2_COND]
-    path = os.path.join(FIXTURES, EDM2_COND)
+    imp = imported[name]
+    path = os.path.join(FIXTURES, name)
     config = _config("scm_scd_digits", imp, "")
     config.model.time_map = "edm_as_trigflow"
     config.method.teacher = path
     exp = experiment.setup(config, str(tmp_path / "scd"))
     exp.checkpointer.close()
     experiment.attach_frozen(exp)
-    x, sigma, y = _inputs(golden, EDM2_COND, imp.num_classes)
+    x, sigma, y = _inputs(golden, name, imp.num_classes)
     keep = sigma >= 0.5  # (cos t x_t - D) / sin t loses digits where sin t is small
     t = np.arctan(sigma[keep] / 0.5)
     x_t = np.cos(t)[:, None, None, None] * x[keep]
     velocity = jax.jit(exp.method.teacher_velocity)(
         exp.frozen["teacher"], jnp.asarray(x_t, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(y[keep]), None
     )
-    expected = (np.cos(t)[:, None, None, None] * x_t - golden[f"{EDM2_COND}/denoised"][keep]) / np.sin(t)[
+    expected = (np.cos(t)[:, None, None, None] * x_t - golden[f"{name}/denoised"][keep]) / np.sin(t)[
         :, None, None, None
     ]
     assert _relative(velocity, expected) <= 1e-4
 
 
 #: NVlabs' training arguments of the released files docs/PRETRAINED.md names (EDM train.py
-#: --arch=ddpmpp on CIFAR-10; EDM2 train_edm2.py presets edm2-img64-{s,m,l,xl}).
+#: --arch=ddpmpp / ncsnpp on CIFAR-10, --arch=adm on ImageNet-64; EDM2 train_edm2.py presets
+#: edm2-img64-{s,m,l,xl}).
 RELEASED = {
     "edm-cifar10-32x32-uncond-vp.pkl": ("edm", dict(label_dim=0)),
     "edm-cifar10-32x32-cond-vp.pkl": ("edm", dict(label_dim=10)),
+    "edm-cifar10-32x32-uncond-ve.pkl": ("edm", dict(label_dim=0, **NCSNPP_ARGS)),
+    "edm-cifar10-32x32-cond-ve.pkl": ("edm", dict(label_dim=10, **NCSNPP_ARGS)),
+    "edm-imagenet-64x64-cond-adm.pkl": ("adm", dict(label_dim=1000)),
     "edm2-img64-s-1073741-0.075.pkl": ("edm2", dict(model_channels=192, dropout=0.0)),
     "edm2-img64-m-2147483-0.060.pkl": ("edm2", dict(model_channels=256, dropout=0.1)),
     "edm2-img64-l-1073741-0.040.pkl": ("edm2", dict(model_channels=320, dropout=0.1)),
@@ -501,6 +560,9 @@ RELEASED = {
 
 def _released_model(file):
     family, kwargs = RELEASED[file]
+    if family == "adm":
+        imagenet = dict(img_resolution=64, in_channels=3, dropout=0.1)
+        return edm.adm_section({**edm.DHARIWALUNET_DEFAULTS, **imagenet, **kwargs}, 64, file), (64, 64, 3), 1000
     if family == "edm":
         cifar = dict(img_resolution=32, in_channels=3, model_channels=128, channel_mult=[2, 2, 2], dropout=0.13)
         return (
@@ -510,6 +572,19 @@ def _released_model(file):
         )
     imagenet = dict(img_resolution=64, img_channels=3, label_dim=1000)
     return edm2.model_section({**edm2.UNET_DEFAULTS, **imagenet, **kwargs}, file), (64, 64, 3), 1000
+
+
+def _flag_value(current, text):
+    """A command-line value as ml_collections' config flags parse it for a field holding `current`
+    (strings as given, booleans by name, numbers and tuples such as 1,3,3,1 as Python literals)."""
+    import ast
+
+    if isinstance(current, str):
+        return text
+    if isinstance(current, bool):
+        return {"True": True, "False": False}[text]
+    value = ast.literal_eval(text)
+    return tuple(value) if isinstance(current, tuple) else value
 
 
 def _documented_commands():
@@ -542,7 +617,7 @@ def test_documented_commands_start_from_the_released_files(command):
         node = config
         for part in section.split("."):
             node = node[part]
-        node[leaf] = {"True": True, "False": False}.get(value, value)  # raises for a key the config lacks
+        node[leaf] = _flag_value(node[leaf], value)  # raises for a key the config lacks
     file = config.train.init_from
     if config.method.name == "scm_scd":
         assert config.method.teacher == file

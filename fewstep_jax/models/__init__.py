@@ -26,22 +26,24 @@ import jax
 import jax.numpy as jnp
 
 from fewstep_jax.models import imf_dit
+from fewstep_jax.models.adm import ADM
 from fewstep_jax.models.attention import ATTENTION_KINDS
 from fewstep_jax.models.dit import DIT_SIZES, DiT
 from fewstep_jax.models.edm2 import EDM2, EDM2_SIZES
-from fewstep_jax.models.layers import LABEL_EMBEDS, TIME_MAPS
+from fewstep_jax.models.layers import LABEL_EMBEDS, TIME_EMBEDDINGS, TIME_MAPS
 from fewstep_jax.models.mlp import MLP
 from fewstep_jax.models.remat import REMAT_POLICIES
 from fewstep_jax.models.unet import (
     DECODER_ATTNS,
     EMB_NORMS,
+    ENCODER_TYPES,
     RESAMPLINGS,
     UNet,
     visited_resolutions,
 )
 
 __all__ = [
-    "REGISTRY", "build", "count_params", "param_projection", "DiT", "DIT_SIZES", "EDM2",
+    "REGISTRY", "build", "count_params", "param_projection", "ADM", "DiT", "DIT_SIZES", "EDM2",
     "EDM2_SIZES", "MLP", "UNet",
 ]
 
@@ -158,21 +160,39 @@ def _fir_filter(cfg: Mapping[str, Any]) -> tuple[int, ...]:
     return taps
 
 
+def _divisor(cfg: Mapping[str, Any], key: str, widths: list[int]) -> int:
+    """model.`key` (heads, or channels per head), checked to divide every attention width."""
+    value = _positive_int(cfg, key)
+    bad = [w for w in widths if w % value]
+    if bad:
+        raise ValueError(f"model.{key}={value} does not divide attention widths {bad}")
+    return value
+
+
+def _emb_dim(cfg: Mapping[str, Any]) -> int:
+    emb_dim = int(cfg["emb_dim"] or 0)
+    if emb_dim < 0:
+        raise ValueError(f"model.emb_dim must be >= 0 (0 -> 4 * channels), got {emb_dim}")
+    return emb_dim
+
+
 def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(data_shape) != 3:
         raise ValueError(f"unet needs a 3-D data_shape (H, W, C), got {data_shape}")
     channels = _positive_int(cfg, "channels")
     channel_mult, attn_resolutions, attn_widths = _levels(cfg, data_shape, "unet", channels)
-    num_heads = _positive_int(cfg, "num_heads")
-    bad = [w for w in attn_widths if w % num_heads]
-    if bad:
-        raise ValueError(f"model.num_heads={num_heads} does not divide attention widths {bad}")
-    emb_dim = int(cfg["emb_dim"] or 0)
-    if emb_dim < 0:
-        raise ValueError(f"model.emb_dim must be >= 0 (0 -> 4 * channels), got {emb_dim}")
+    num_heads = _divisor(cfg, "num_heads", attn_widths)
+    emb_dim = _emb_dim(cfg)
     emb_norm = _choice(cfg, "emb_norm", EMB_NORMS)
     resample, decoder_attn = _choice(cfg, "resample", RESAMPLINGS), _choice(cfg, "decoder_attn", DECODER_ATTNS)
     resample_filter = _fir_filter(cfg)
+    embedding_type = _choice(cfg, "embedding_type", TIME_EMBEDDINGS)
+    noise_dim = _positive_int(cfg, "noise_dim", 0)
+    if noise_dim and (noise_dim % 2 or noise_dim < (4 if embedding_type == "positional" else 2)):
+        raise ValueError(
+            f"model.noise_dim must be 0 (the default width) or an even width (>= 4 for positional features), "
+            f"got {noise_dim}"
+        )
     return UNet(
         channels=channels,
         channel_mult=channel_mult,
@@ -193,8 +213,38 @@ def _make_unet(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         norm_eps=_float(cfg, "norm_eps"),
         min_group_size=_positive_int(cfg, "min_group_size"),
         label_embed=_choice(cfg, "label_embed", LABEL_EMBEDS),
+        noise_dim=noise_dim,
+        embedding_type=embedding_type,
+        fourier_scale=_float(cfg, "fourier_scale"),
+        encoder_type=_choice(cfg, "encoder_type", ENCODER_TYPES),
         **_time_map(cfg),
         **_memory_options(cfg),
+    )
+
+
+def _make_adm(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ADM (EDM's DhariwalUNet); every attention width must be a multiple of channels_per_head."""
+    if len(data_shape) != 3:
+        raise ValueError(f"adm needs a 3-D data_shape (H, W, C), got {data_shape}")
+    channels = _positive_int(cfg, "channels")
+    channel_mult, attn_resolutions, attn_widths = _levels(cfg, data_shape, "adm", channels)
+    if channels % 2:
+        raise ValueError(
+            f"model.channels must be even (ADM embeds time in `channels` sin / cos features), got {channels}"
+        )
+    return ADM(
+        channels=channels,
+        channel_mult=channel_mult,
+        num_blocks=_positive_int(cfg, "num_blocks"),
+        attn_resolutions=attn_resolutions,
+        dropout=_dropout(cfg),
+        emb_dim=_emb_dim(cfg),
+        channels_per_head=_divisor(cfg, "channels_per_head", attn_widths),
+        time_scale=float(cfg["time_scale"]),
+        use_d=bool(cfg["use_d"]),
+        num_classes=num_classes,
+        dtype=_dtype(cfg),
+        **_time_map(cfg),
     )
 
 
@@ -267,10 +317,7 @@ def _make_edm2(cfg: dict[str, Any], data_shape: tuple[int, ...], num_classes: in
         raise ValueError(f"edm2 needs model.size (one of {list(EDM2_SIZES)}) or an explicit model.channels")
     channels = _positive_int(cfg, "channels")
     channel_mult, attn_resolutions, attn_widths = _levels(cfg, data_shape, "edm2", channels)
-    per_head = _positive_int(cfg, "channels_per_head")
-    bad = [w for w in attn_widths if w % per_head]
-    if bad:
-        raise ValueError(f"model.channels_per_head={per_head} does not divide attention widths {bad}")
+    per_head = _divisor(cfg, "channels_per_head", attn_widths)
     balances = {k: float(cfg[k]) for k in ("res_balance", "attn_balance", "label_balance", "concat_balance")}
     for key, value in balances.items():
         if not 0.0 <= value <= 1.0:
@@ -310,9 +357,18 @@ REGISTRY: dict[str, NetworkSpec] = {
             dropout=0.0, emb_dim=0, time_scale=1.0, use_d=False, num_groups=32, num_heads=1,
             dtype="float32", emb_norm="adaptive_scale", resample="conv", resample_filter=(1, 1),
             decoder_attn="all", norm_eps=1e-5, min_group_size=1, label_embed="table", time_map="identity",
-            time_map_sigma_d=0.5, attention="auto", remat="none",
+            time_map_sigma_d=0.5, noise_dim=0, embedding_type="positional", fourier_scale=16.0,
+            encoder_type="standard", attention="auto", remat="none",
         ),
         make=_make_unet,
+    ),
+    "adm": NetworkSpec(
+        defaults=dict(
+            name="adm", channels=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
+            dropout=0.1, emb_dim=0, channels_per_head=64, time_scale=1.0, use_d=False, dtype="float32",
+            time_map="identity", time_map_sigma_d=0.5,
+        ),
+        make=_make_adm,
     ),
     "dit": NetworkSpec(
         defaults=dict(

@@ -318,15 +318,6 @@ class EDM2(nn.Module):
             emb = mp_sum(emb, MPConv(emb_dim, (), emb.dtype, name="emb_label")(onehot), self.label_balance)
         return mp_silu(emb)
 
-    def _check_input(self, x: Array) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"EDM2 expects NHWC input [B, H, W, C], got shape {x.shape}")
-        levels = len(self.channel_mult)
-        if x.shape[1] != x.shape[2] or x.shape[1] % 2 ** (levels - 1):
-            raise ValueError(
-                f"EDM2 input must be square with H divisible by 2**(len(channel_mult)-1) = "
-                f"{2 ** (levels - 1)}, got {x.shape[1]}x{x.shape[2]}"
-            )
 
     @nn.compact
     def __call__(
@@ -337,7 +328,7 @@ class EDM2(nn.Module):
         d: Array | None = None,
         train: bool = False,
     ) -> Array:
-        self._check_input(x)
+        layers.check_square_input(x, len(self.channel_mult), "EDM2")
         out_dtype = layers.at_least_float32(x.dtype)
         emb = self._embedding(t, y, d)
         widths = [self.channels * m for m in self.channel_mult]

@@ -75,6 +75,24 @@ def positional_embedding(t: Array, dim: int, max_period: float = 10000.0, *, end
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
+def fourier_embedding(t: Array, freqs: Array) -> Array:
+    """Random Fourier features of a scalar per example (Tancik et al. 2020; score_sde's
+    GaussianFourierProjection, EDM's `FourierEmbedding` of NCSN++, Karras et al. 2022 App. F.2):
+    [cos(2 pi f_k t), sin(2 pi f_k t)] with fixed frequencies f (drawn N(0, scale^2) once).
+
+    Args:
+      t: [B] real scalars.
+      freqs: [half] the frequencies f (not multiplied by 2 pi).
+    Returns:
+      [B, 2 * half], dtype at least float32 (float64 input stays float64), the layout of
+      positional_embedding ([cos, sin]).
+    """
+    t = jnp.asarray(t)
+    dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
+    angles = t.astype(dtype)[:, None] * (2.0 * math.pi * jnp.asarray(freqs).astype(dtype))[None, :]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
 def attention(q: Array, k: Array, v: Array) -> Array:
     """Multi-head scaled dot-product attention softmax(q k^T / sqrt(D)) v (Vaswani et al. 2017).
 
@@ -113,7 +131,7 @@ def pixel_norm(a: Array, epsilon: float = 1e-8, axis: int = -1) -> Array:
 RESAMPLE_MODES = ("keep", "down", "up")
 
 
-def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
+def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1), padding: int | None = None) -> Array:
     """Resample NHWC x by a factor 2 with the separable FIR filter `fir` (normalized to sum 1):
     the resampling of EDM's Conv2d up/down (Karras et al. 2022, App. F.2, resample_filter) and of
     EDM2's `resample` (Karras et al. 2024, Fig. 21).
@@ -123,6 +141,8 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
       'up':   transposed depthwise convolution with 4 outer(f, f), stride 2, the same padding
               -> [B, 2H, 2W, C];    f = (1, 1) is nearest-neighbour upsampling.
       'keep': x unchanged.
+    `padding` replaces (len(f) - 1) // 2 (e.g. 0 for 'down' after a convolution that padded
+    for the filter as well: EDM's fused_resample).
     A plain (grouped) convolution, so jax.jvp and jax.grad go through it.
     """
     if mode not in RESAMPLE_MODES:
@@ -134,7 +154,7 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
         raise ValueError(f"the resampling filter must have an even length >= 2, got {fir}")
     f = f / jnp.sum(f)
     size = f.shape[0]
-    pad = (size - 1) // 2
+    pad = (size - 1) // 2 if padding is None else int(padding)
     channels = x.shape[-1]
     kernel = jnp.outer(f, f)
     dims = ("NHWC", "HWIO", "NHWC")
@@ -161,6 +181,17 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1)) -> Array:
         dimension_numbers=dims,
         feature_group_count=channels,
     )
+
+
+def check_square_input(x: Array, levels: int, network: str) -> None:
+    """A multi-resolution network's input: NHWC, square, H divisible by 2**(levels - 1)."""
+    if x.ndim != 4:
+        raise ValueError(f"{network} expects NHWC input [B, H, W, C], got shape {x.shape}")
+    if x.shape[1] != x.shape[2] or x.shape[1] % 2 ** (levels - 1):
+        raise ValueError(
+            f"{network} input must be square with H divisible by 2**(len(channel_mult)-1) = "
+            f"{2 ** (levels - 1)}, got {x.shape[1]}x{x.shape[2]}"
+        )
 
 
 def group_count(channels: int, requested: int = 32, min_group_size: int = 1) -> int:
@@ -208,11 +239,20 @@ class GroupNorm(nn.Module):
         return out.astype(self.dtype)
 
 
+#: How TimestepEmbedder turns the scalar into features (see TimestepEmbedder).
+TIME_EMBEDDINGS = ("positional", "fourier")
+
+
 class TimestepEmbedder(nn.Module):
-    """Scalar conditioning embedding: positional(time_scale * t) -> Dense -> SiLU -> Dense.
+    """Scalar conditioning embedding: features(time_scale * t) -> Dense -> SiLU -> Dense.
 
     EDM DDPM++ (Karras et al. 2022, App. F.2: `map_noise` positional embedding then `map_layer0`,
     `map_layer1`) and sCM sec. 4.1 (c_noise(t) = t, positional, no random Fourier features).
+    `embedding` (TIME_EMBEDDINGS) picks the features: 'positional' (positional_embedding) or
+    'fourier' (fourier_embedding, EDM's NCSN++ `FourierEmbedding`): its freq_dim / 2 frequencies
+    are a parameter `freqs` drawn N(0, fourier_scale^2) at init (EDM draws them when it builds the
+    network and stores them; an imported network carries the file's), which gradients never
+    reach (stop_gradient; Adam-type updates then leave them unchanged, weight decay would not).
     Computed in at least float32 regardless of the network's computation dtype.
 
     __call__(t [B], pre [B, freq_dim] | None) -> [B, features].
@@ -223,6 +263,8 @@ class TimestepEmbedder(nn.Module):
     time_scale: float = 1.0
     max_period: float = 10000.0
     endpoint: bool = True
+    embedding: str = "positional"
+    fourier_scale: float = 16.0
 
     @nn.compact
     def __call__(self, t: Array, pre: Array | None = None) -> Array:
@@ -232,9 +274,17 @@ class TimestepEmbedder(nn.Module):
         dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
         if t.ndim != 1:
             raise ValueError(f"expected a [B] vector of scalar conditioning, got shape {t.shape}")
-        h = positional_embedding(
-            self.time_scale * t.astype(dtype), self.freq_dim, self.max_period, endpoint=self.endpoint
-        )
+        if self.embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {TIME_EMBEDDINGS}, got {self.embedding!r}")
+        if self.embedding == "fourier":
+            if self.freq_dim % 2 or self.freq_dim < 2:
+                raise ValueError(f"a Fourier embedding needs an even freq_dim >= 2, got {self.freq_dim}")
+            freqs = self.param("freqs", nn.initializers.normal(self.fourier_scale), (self.freq_dim // 2,), jnp.float32)
+            h = fourier_embedding(self.time_scale * t.astype(dtype), jax.lax.stop_gradient(freqs))
+        else:
+            h = positional_embedding(
+                self.time_scale * t.astype(dtype), self.freq_dim, self.max_period, endpoint=self.endpoint
+            )
         if pre is not None:
             h = h + pre.astype(dtype)
         h = nn.Dense(self.features, dtype=dtype, kernel_init=xavier_uniform, name="dense_0")(h)
@@ -290,22 +340,30 @@ def second_scalar(t: Array, d: Array | None, use_d: bool) -> Array | None:
 
 
 #: How a network's ConditioningEmbedding takes class labels (see ConditioningEmbedding).
-LABEL_EMBEDS = ("table", "onehot_linear")
+LABEL_EMBEDS = ("table", "onehot_linear", "onehot_dense")
 
 #: What a network feeds its noise embedding, given the method's time t (`map_time`).
 TIME_MAPS = ("identity", "edm_as_trigflow")
 
 
-def scaled_onehot(y: Array, num_classes: int, dtype: Dtype = jnp.float32) -> Array:
-    """One-hot labels scaled by sqrt(num_classes) (unit magnitude; EDM's and EDM2's label input);
-    the NULL id num_classes is the all-zero vector (their input without a label). Ids outside
-    0..num_classes give NaN rows, so a bad label is loud. y int [B] -> [B, num_classes] `dtype`."""
+def onehot(y: Array, num_classes: int, dtype: Dtype = jnp.float32, scale: float = 1.0) -> Array:
+    """One-hot labels times `scale`; the NULL id num_classes is the all-zero vector (EDM's and
+    EDM2's input without a label). Ids outside 0..num_classes give NaN rows, so a bad label is
+    loud. y int [B] -> [B, num_classes] `dtype`."""
     y = jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"labels y must be integers, got dtype {y.dtype}")
     valid = (y >= 0) & (y <= num_classes)
-    onehot = jax.nn.one_hot(y, num_classes, dtype=dtype) * jnp.asarray(math.sqrt(num_classes), dtype)
-    return jnp.where(valid[:, None], onehot, jnp.nan)
+    out = jax.nn.one_hot(y, num_classes, dtype=dtype)
+    if scale != 1.0:
+        out = out * jnp.asarray(scale, dtype)
+    return jnp.where(valid[:, None], out, jnp.nan)
+
+
+def scaled_onehot(y: Array, num_classes: int, dtype: Dtype = jnp.float32) -> Array:
+    """One-hot labels scaled by sqrt(num_classes) (unit magnitude; EDM's SongUNet and EDM2's
+    label input): `onehot` with scale sqrt(num_classes)."""
+    return onehot(y, num_classes, dtype, math.sqrt(num_classes))
 
 
 def map_time(t: Array, time_map: str, sigma_d: float) -> Array:
@@ -350,10 +408,13 @@ class ConditioningEmbedding(nn.Module):
       - y=None with num_classes > 0 means all-NULL labels (id == num_classes); y is ignored when
         num_classes == 0.
       - `label_embed` (LABEL_EMBEDS) says how labels enter: 'table' (LabelEmbedding: a learned
-        row per class and one for NULL, added to the time embedding) or 'onehot_linear' (EDM's
+        row per class and one for NULL, added to the time embedding), 'onehot_linear' (EDM's
         SongUNet, Karras et al. 2022: a Dense map, with bias, of sqrt(num_classes) * one-hot to
         the positional width, added to the positional embedding before the time MLP; NULL is the
-        all-zero one-hot, EDM's input without a label).
+        all-zero one-hot, EDM's input without a label) or 'onehot_dense' (ADM as EDM's
+        DhariwalUNet has it: a bias-free Dense map of the plain one-hot to the embedding width,
+        initialized N(0, 1), added to the time embedding after its MLP; NULL adds nothing).
+      - `time_embedding` / `fourier_scale`: TimestepEmbedder.embedding / fourier_scale.
       - d is a second scalar (shortcut step size, MeanFlow interval t - r) with its own embedder,
         summed with the time embedding; d=None means zeros. Passing d to a network built with
         use_d=False raises, so a misconfigured method fails loudly instead of being ignored.
@@ -369,6 +430,8 @@ class ConditioningEmbedding(nn.Module):
     use_d: bool = False
     time_endpoint: bool = True
     label_embed: str = "table"
+    time_embedding: str = "positional"
+    fourier_scale: float = 16.0
 
     @nn.compact
     def __call__(self, t: Array, y: Array | None = None, d: Array | None = None) -> Array:
@@ -381,9 +444,17 @@ class ConditioningEmbedding(nn.Module):
         pre = None
         if self.num_classes > 0 and self.label_embed == "onehot_linear":
             dtype = at_least_float32(t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32)
-            onehot = scaled_onehot(labels_or_null(y, batch, self.num_classes), self.num_classes, dtype)
-            pre = nn.Dense(self.freq_dim, dtype=dtype, kernel_init=xavier_uniform, name="label")(onehot)
-        embedder = partial(TimestepEmbedder, self.features, self.freq_dim, self.time_scale, endpoint=self.time_endpoint)
+            scaled = scaled_onehot(labels_or_null(y, batch, self.num_classes), self.num_classes, dtype)
+            pre = nn.Dense(self.freq_dim, dtype=dtype, kernel_init=xavier_uniform, name="label")(scaled)
+        embedder = partial(
+            TimestepEmbedder,
+            self.features,
+            self.freq_dim,
+            self.time_scale,
+            endpoint=self.time_endpoint,
+            embedding=self.time_embedding,
+            fourier_scale=self.fourier_scale,
+        )
         emb = embedder(name="time")(t, pre)
         d = second_scalar(t, d, self.use_d)
         if d is not None:
@@ -391,4 +462,10 @@ class ConditioningEmbedding(nn.Module):
         if self.num_classes > 0 and self.label_embed == "table":
             y = labels_or_null(y, batch, self.num_classes)
             emb = emb + LabelEmbedding(self.num_classes, self.features, name="label")(y).astype(emb.dtype)
+        if self.num_classes > 0 and self.label_embed == "onehot_dense":
+            labels = onehot(labels_or_null(y, batch, self.num_classes), self.num_classes, emb.dtype)
+            dense = nn.Dense(
+                self.features, use_bias=False, dtype=emb.dtype, kernel_init=nn.initializers.normal(1.0), name="label"
+            )
+            emb = emb + dense(labels)
         return emb

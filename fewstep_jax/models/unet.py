@@ -1,5 +1,5 @@
-"""DDPM++ UNet (Song et al. 2021, score_sde `ncsnpp` DDPM++ configs; EDM "SongUNet" with
-DDPM++ settings, Karras et al. 2022 App. F.2), written for forward-mode AD.
+"""DDPM++ / NCSN++ UNet (Song et al. 2021, score_sde `ncsnpp` DDPM++ configs; EDM "SongUNet"
+with DDPM++ or NCSN++ settings, Karras et al. 2022 App. F.2), written for forward-mode AD.
 
 Two topologies share one ResBlock:
   - The default ("DDPM++-style", the network of the digits results): separate resampling layers
@@ -12,7 +12,13 @@ Two topologies share one ResBlock:
     attention only on the last decoder block of a level (decoder_attn='last'), the embedding added
     before the second GroupNorm (emb_norm='additive', EDM adaptive_scale=False), GroupNorm eps
     1e-6 with at least 4 channels per group.
-Both: conditioning on positional_embedding(time_scale * t) (sCM sec. 4.1: c_noise(t) = t), an
+EDM's NCSN++ (its "-ve" CIFAR-10 models) is EDM's DDPM++ with three options: random Fourier
+features of the noise level (embedding_type='fourier', fourier_scale 16, noise_dim = 2 * channels:
+EDM's FourierEmbedding, channel_mult_noise 2), a residual encoder path (encoder_type='residual':
+after each downsampling block the downsampled input path, a 3x3 conv resampled by the FIR filter,
+is added to the features and scaled by 1 / sqrt(2), EDM's `aux_residual`) and the resampling
+filter [1, 3, 3, 1] (~56.4M parameters unconditional; recipes.ddpmpp_unet() with those four keys).
+All: conditioning on positional (or Fourier) features of time_scale * t (sCM sec. 4.1: c_noise = t), an
 optional second scalar d and a label table with a NULL row for CFG (EDM instead adds a linear map
 of the one-hot label to the positional embedding); optional sCM (Lu & Song 2024) sec. 4.1
 "adaptive double normalization" (emb_norm='adaptive_double') with either topology. Kept from
@@ -46,7 +52,16 @@ EMB_NORMS = ("adaptive_scale", "adaptive_double", "additive")
 RESAMPLINGS = ("conv", "residual")
 # Which decoder blocks of an attention level get attention: all of them, or the level's last (EDM).
 DECODER_ATTNS = ("all", "last")
+# The encoder's input path (EDM's encoder_type): none, or NCSN++'s residual path (see UNet).
+ENCODER_TYPES = ("standard", "residual")
 
+
+
+def default_noise_dim(channels: int) -> int:
+    """The noise embedding's width when noise_dim is 0: the base channel count (EDM's DDPM++,
+    channel_mult_noise 1), rounded up to even, and at least 32 (16 sin / cos pairs) so that tiny
+    test networks still get a usable time signal."""
+    return max(32, 2 * ((channels + 1) // 2))
 
 
 def visited_resolutions(resolution: int, channel_mult: Sequence[int]) -> tuple[int, ...]:
@@ -208,6 +223,26 @@ class Upsample(nn.Module):
         return _conv(x.shape[-1], 3, self.dtype, "conv")(x)
 
 
+class ResidualDown(nn.Module):
+    """NCSN++'s input path step (EDM's `aux_residual`, a Conv2d with down=True and
+    fused_resample=True): a 3x3 conv padded for both the kernel and the FIR filter, then the
+    filter's depthwise downsampling with stride 2 and no padding. [B, H, W, Cin] ->
+    [B, H/2, W/2, features]."""
+
+    features: int
+    resample_filter: tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        pad = 1 + (len(self.resample_filter) - 1) // 2
+        h = nn.Conv(
+            self.features, (3, 3), padding=((pad, pad),) * 2, dtype=self.dtype,
+            kernel_init=layers.xavier_uniform, name="conv",
+        )(x)
+        return layers.resample(h, "down", self.resample_filter, padding=0)
+
+
 class UNet(nn.Module):
     """DDPM++ UNet: x [B, H, W, C] (H == W), t [B] -> [B, H, W, C].
 
@@ -216,7 +251,9 @@ class UNet(nn.Module):
     ResBlocks each on [h, skip] concatenated [+ attention], upsample except last)
     -> GroupNorm -> SiLU -> zero-init conv_out. Every encoder output (conv_in, blocks, downsample)
     is a skip; downsample / upsample are conv layers (resample='conv') or ResBlocks that resample
-    (resample='residual', EDM's SongUNet).
+    (resample='residual', EDM's SongUNet). encoder_type='residual' (NCSN++) keeps a second path
+    `aux`, starting at the input: after each downsampling, aux = h = (h + ResidualDown(aux)) / sqrt(2)
+    (named enc_{level}_aux_residual), and that h is the skip.
 
     Fields: channels (base width), channel_mult (width multiplier per level), num_blocks,
     attn_resolutions (absolute spatial sizes that get attention), dropout, emb_dim (0 -> 4 *
@@ -229,9 +266,12 @@ class UNet(nn.Module):
     decoder_attn (DECODER_ATTNS), norm_eps (GroupNorm eps), min_group_size (GroupNorm channels per
     group at least, layers.group_count), label_embed (layers.LABEL_EMBEDS: 'onehot_linear' is EDM's
     SongUNet label input), time_map / time_map_sigma_d (layers.map_time: 'edm_as_trigflow' runs an
-    EDM-preconditioned network as a TrigFlow one), attention (attention_lib.ATTENTION_KINDS), remat
-    (remat_lib.REMAT_POLICIES, applied to every residual and attention block). The defaults are
-    the DDPM++-style network; recipes.ddpmpp_unet() holds EDM's DDPM++.
+    EDM-preconditioned network as a TrigFlow one), noise_dim (width of the noise features; 0 ->
+    max(32, channels rounded up to even)), embedding_type (layers.TIME_EMBEDDINGS: 'fourier' is
+    NCSN++'s, with fourier_scale), encoder_type (ENCODER_TYPES), attention
+    (attention_lib.ATTENTION_KINDS), remat (remat_lib.REMAT_POLICIES, applied to every residual and
+    attention block). The defaults are the DDPM++-style network; recipes.ddpmpp_unet() holds EDM's
+    DDPM++ (and, with four keys set, EDM's NCSN++).
     """
 
     channels: int = 64
@@ -255,19 +295,16 @@ class UNet(nn.Module):
     label_embed: str = "table"
     time_map: str = "identity"
     time_map_sigma_d: float = 0.5
+    noise_dim: int = 0
+    embedding_type: str = "positional"
+    fourier_scale: float = 16.0
+    encoder_type: str = "standard"
     attention: str = "auto"
     remat: str = "none"
 
     def _check_input(self, x: Array) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"UNet expects NHWC input [B, H, W, C], got shape {x.shape}")
+        layers.check_square_input(x, len(self.channel_mult), "UNet")
         height, width = x.shape[1], x.shape[2]
-        levels = len(self.channel_mult)
-        if height != width or height % 2 ** (levels - 1) != 0:
-            raise ValueError(
-                f"UNet input must be square with H divisible by 2**(len(channel_mult)-1) = "
-                f"{2 ** (levels - 1)}, got {height}x{width}"
-            )
         visited = visited_resolutions(height, self.channel_mult)
         missing = sorted(set(self.attn_resolutions) - set(visited))
         if missing:
@@ -288,9 +325,7 @@ class UNet(nn.Module):
         self._check_input(x)
         out_dtype = layers.at_least_float32(x.dtype)
         emb_dim = self.emb_dim or 4 * self.channels
-        # EDM uses a positional width equal to the base channel count; keep at least 32 frequencies'
-        # worth (16 sin/cos pairs) so tiny test networks still get a usable time signal.
-        freq_dim = max(32, 2 * ((self.channels + 1) // 2))
+        freq_dim = self.noise_dim or default_noise_dim(self.channels)
         emb = layers.ConditioningEmbedding(
             features=emb_dim,
             freq_dim=freq_dim,
@@ -298,15 +333,21 @@ class UNet(nn.Module):
             num_classes=self.num_classes,
             use_d=self.use_d,
             label_embed=self.label_embed,
+            time_embedding=self.embedding_type,
+            fourier_scale=self.fourier_scale,
             name="cond",
         )(layers.map_time(t, self.time_map, self.time_map_sigma_d), y, d)
         # Every block projects SiLU(emb); apply it once here (float32), cast in the projections.
         emb_act = nn.silu(emb)
 
-        if self.resample not in RESAMPLINGS or self.decoder_attn not in DECODER_ATTNS:
+        if (
+            self.resample not in RESAMPLINGS
+            or self.decoder_attn not in DECODER_ATTNS
+            or self.encoder_type not in ENCODER_TYPES
+        ):
             raise ValueError(
-                f"resample must be one of {RESAMPLINGS} and decoder_attn one of {DECODER_ATTNS}, "
-                f"got {self.resample!r}, {self.decoder_attn!r}"
+                f"resample must be one of {RESAMPLINGS}, decoder_attn one of {DECODER_ATTNS} and encoder_type "
+                f"one of {ENCODER_TYPES}, got {self.resample!r}, {self.decoder_attn!r}, {self.encoder_type!r}"
             )
         norm = dict(norm_eps=self.norm_eps, min_group_size=self.min_group_size)
         res_cls = remat_lib.remat_block(ResBlock, self.remat, static_argnums=(3,))  # train is static
@@ -331,7 +372,8 @@ class UNet(nn.Module):
 
         levels = len(self.channel_mult)
         resolution = x.shape[1]
-        h = _conv(self.channels, 3, self.dtype, "conv_in")(x.astype(self.dtype))
+        aux = x.astype(self.dtype)
+        h = _conv(self.channels, 3, self.dtype, "conv_in")(aux)
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
             for block in range(self.num_blocks):
@@ -342,6 +384,9 @@ class UNet(nn.Module):
             if level != levels - 1:
                 h = change_resolution(h, "down", f"enc_{level}_down")
                 resolution //= 2
+                if self.encoder_type == "residual":
+                    down = ResidualDown(h.shape[-1], self.resample_filter, self.dtype, name=f"enc_{level}_aux_residual")
+                    h = aux = (h + down(aux)) * SKIP_SCALE
                 skips.append(h)
 
         h = res_block(h.shape[-1], "mid_res_0")(h, emb_act, train)

@@ -7,10 +7,11 @@
 
 Families (REGISTRY, the `--from` values of `python -m fewstep_jax.models.import_weights`):
   edm   NVlabs/edm network pickles (Karras et al. 2022): EDMPrecond + SongUNet with EDM's DDPM++
-        settings (CIFAR-10 uncond / cond, and any resolution) -> the `unet` network
-        (recipes.ddpmpp_unet). NCSN++ (SongUNet with Fourier embedding and residual encoder),
-        ADM (DhariwalUNet: EDM's ImageNet-64 model) and the VP / VE / iDDPM-preconditioned
-        baselines are refused by name: the suite has no such networks / preconditionings.
+        or NCSN++ settings (CIFAR-10 uncond / cond '-vp' / '-ve' files, and any resolution) -> the
+        `unet` network (recipes.ddpmpp_unet, NCSN++ with its Fourier embedding, residual encoder
+        and [1, 3, 3, 1] filter as options); EDMPrecond + DhariwalUNet (ADM, EDM's ImageNet-64
+        model) -> the `adm` network (recipes.adm). The VP / VE / iDDPM-preconditioned baselines
+        are refused by name: the suite has no such preconditionings.
   edm2  NVlabs/edm2 network pickles (Karras et al. 2024): Precond + UNet, sizes XS..XXL, pixel
         (ImageNet-64) and latent (ImageNet-512, 64x64x4) models, the released post-hoc EMA files
         such as edm2-img512-xs-2147483-0.135.pkl -> the `edm2` network with fourier_params=True.
@@ -558,17 +559,22 @@ NON_ARCHITECTURE = ("dropout", "dropout_res", "dtype", "use_d", "time_map", "tim
 
 
 def resolved_model(model: Mapping[str, Any]) -> dict[str, Any]:
-    """A model section with every default filled and each size preset resolved (unet emb_dim 0
-    -> 4 * channels; edm2 channels and dit hidden / depth / num_heads from `size`), sequences as
-    tuples: two sections describe the same weights iff their resolved forms agree."""
+    """A model section with every default filled and each size preset resolved (unet / adm
+    emb_dim 0 -> 4 * channels, unet noise_dim 0 -> its default width; edm2 channels and dit
+    hidden / depth / num_heads from `size`), sequences as tuples: two sections describe the same
+    weights iff their resolved forms agree."""
     from fewstep_jax import models
 
     name = model.get("name")
     if name not in models.REGISTRY:
         return dict(model)
     out = {**models.REGISTRY[name].defaults, **dict(model)}
-    if name == "unet" and not out["emb_dim"]:
+    if name in ("unet", "adm") and not out["emb_dim"]:
         out["emb_dim"] = 4 * out["channels"]
+    if name == "unet" and not out["noise_dim"]:
+        from fewstep_jax.models import unet
+
+        out["noise_dim"] = unet.default_noise_dim(out["channels"])
     if name == "edm2" and out["channels"] is None and out["size"] is not None:
         out["channels"] = models.EDM2_SIZES.get(str(out["size"]).upper())
     if name == "dit" and out["size"] in models.DIT_SIZES:

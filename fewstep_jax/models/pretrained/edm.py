@@ -1,26 +1,34 @@
-"""NVlabs/edm network pickles -> the suite's `unet` (EDM's DDPM++, recipes.ddpmpp_unet).
+"""NVlabs/edm network pickles -> the suite's `unet` (EDM's DDPM++ and NCSN++) or `adm` network.
 
-The released EDM models (Karras et al. 2022; https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/,
-e.g. edm-cifar10-32x32-uncond-vp.pkl, edm-cifar10-32x32-cond-vp.pkl) are EDMPrecond networks
-(NVlabs/edm training/networks.py) around a SongUNet. "vp" files use EDM's DDPM++ settings
-(train.py --arch=ddpmpp: positional noise embedding, standard encoder / decoder, resampling
-filter [1, 1]): that is the suite's UNet with emb_norm='additive', resample='residual',
-decoder_attn='last', GroupNorm eps 1e-6 with >= 4 channels per group; conditional files feed
-the labels as EDM does (label_embed='onehot_linear'). Refused by name, since the suite has no
-such network: "ve" files (NCSN++: Fourier embedding, residual encoder, filter [1, 3, 3, 1]),
-edm-imagenet-64x64-cond-adm.pkl (ADM, DhariwalUNet), and the VP / VE / iDDPM-preconditioned
-baselines (baseline-*.pkl).
+The released EDM models (Karras et al. 2022; https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/)
+are EDMPrecond networks (NVlabs/edm training/networks.py) around
+  - a SongUNet: "vp" files (edm-cifar10-32x32-{uncond,cond}-vp.pkl, the FFHQ / AFHQv2 64x64
+    ones) use EDM's DDPM++ settings (train.py --arch=ddpmpp: positional noise embedding,
+    standard encoder / decoder, resampling filter [1, 1]): the suite's UNet with
+    emb_norm='additive', resample='residual', decoder_attn='last', GroupNorm eps 1e-6 with >= 4
+    channels per group (recipes.ddpmpp_unet). "ve" files (edm-cifar10-32x32-{uncond,cond}-ve.pkl)
+    use its NCSN++ settings (--arch=ncsnpp): the same plus embedding_type='fourier' (the file's
+    frequencies become the param cond/time/freqs), noise_dim = 2 * channels, encoder_type=
+    'residual' and the filter [1, 3, 3, 1]. Conditional files feed the labels as EDM does
+    (label_embed='onehot_linear');
+  - a DhariwalUNet (edm-imagenet-64x64-cond-adm.pkl, --arch=adm): the suite's `adm` network
+    (models/adm.py), with the channels_per_head its blocks record (64).
+Refused by name: SongUNet's 'skip' encoder / decoder (no released EDM file uses them) and the VP /
+VE / iDDPM-preconditioned baselines (baseline-*.pkl).
 
 Weight correspondence (torch names under `model.` -> suite names; Conv2d [O, I, k, k] -> flax
 [k, k, I, O], Linear [O, I] -> [I, O]):
-  map_layer0 / map_layer1        cond/time/dense_0 / dense_1; EDM swaps the positional
-                                 embedding's halves to [sin, cos] (SongUNet.forward) where the
-                                 suite's is [cos, sin]: map_layer0's input columns are permuted
+  SongUNet
+  map_noise.freqs (NCSN++)       cond/time/freqs
+  map_layer0 / map_layer1        cond/time/dense_0 / dense_1; EDM swaps the noise features'
+                                 halves to [sin, cos] (SongUNet.forward) where the suite's are
+                                 [cos, sin]: map_layer0's input columns are permuted
   map_label                      cond/label (its output rows permuted alike)
   map_augment                    not imported: EDM adds it only with augmentation labels, which
                                  sampling never passes (EDMPrecond without augment_labels)
   enc.RxR_conv                   conv_in
   enc.RxR_down, enc.RxR_blockI   enc_{level-1}_down, enc_{level}_res_I (+ enc_{level}_attn_I)
+  enc.RxR_aux_residual (NCSN++)  enc_{level-1}_aux_residual/conv
   dec.RxR_in0 / in1              mid_res_0 + mid_attn / mid_res_1
   dec.RxR_up, dec.RxR_blockI     dec_{level+1}_up, dec_{level}_res_I (+ dec_{level}_attn_I)
   dec.RxR_aux_norm / aux_conv    norm_out / conv_out
@@ -29,7 +37,18 @@ Weight correspondence (torch names under `model.` -> suite names; Conv2d [O, I, 
                                  norm2 / qkv / proj -> the AttentionBlock's norm / qkv / proj,
                                  qkv's output channels reordered from EDM's (head, channel,
                                  q/k/v) to the suite's (q/k/v, head, channel)
-The resampling filters (buffers) are checked against the configured [1, 1] and not imported.
+  DhariwalUNet (no swap: its noise features are [cos, sin] like the suite's)
+  map_layer0 / map_layer1        cond/time/dense_0 / dense_1
+  map_label (bias-free)          cond/label
+  map_augment                    not imported (as above)
+  enc.RxR_conv                   conv_in
+  enc.RxR_down, enc.RxR_blockI   enc_{level-1}_down, enc_{level}_block_I
+  dec.RxR_in0 / in1              mid_0 / mid_1
+  dec.RxR_up, dec.RxR_blockI     dec_{level+1}_up, dec_{level}_block_I
+  out_norm / out_conv            norm_out / conv_out
+  UNetBlock                      as above, its attention inside the block: norm2 -> norm_2,
+                                 qkv (reordered alike, heads of channels_per_head), proj
+The resampling filters (buffers) are checked against the configured filter and not imported.
 """
 
 from __future__ import annotations
@@ -53,8 +72,12 @@ from fewstep_jax.models.pretrained.network_pickle import Module
 #: Preconditionings of NVlabs/edm training/networks.py; only EDMPrecond is imported.
 NETWORK_CLASSES = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")
 
-#: Every class an EDMPrecond + SongUNet file holds.
-KNOWN_CLASSES = {"EDMPrecond", "SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding"}
+#: Every class an EDMPrecond file holds, by its network's class.
+KNOWN_CLASSES = {
+    "SongUNet": {"EDMPrecond", "SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding"}
+    | {"FourierEmbedding"},
+    "DhariwalUNet": {"EDMPrecond", "DhariwalUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm", "PositionalEmbedding"},
+}
 
 #: SongUNet's constructor defaults (NVlabs/edm training/networks.py).
 SONGUNET_DEFAULTS = dict(
@@ -74,11 +97,33 @@ SONGUNET_DEFAULTS = dict(
     resample_filter=[1, 1],
 )
 
-#: SongUNet settings of EDM's DDPM++ (train.py --arch=ddpmpp): what the suite's UNet implements.
-DDPMPP = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard", resample_filter=[1, 1])
+#: DhariwalUNet's constructor defaults (NVlabs/edm training/networks.py).
+DHARIWALUNET_DEFAULTS = dict(
+    label_dim=0,
+    augment_dim=0,
+    model_channels=192,
+    channel_mult=[1, 2, 3, 4],
+    channel_mult_emb=4,
+    num_blocks=3,
+    attn_resolutions=[32, 16, 8],
+    dropout=0.10,
+    label_dropout=0,
+)
+
+#: The SongUNet settings of EDM's two CIFAR-10 architectures (train.py --arch=ddpmpp / ncsnpp;
+#: besides these, NCSN++ doubles the noise features' width: channel_mult_noise 2, not 1).
+SONGUNET_ARCHS = {
+    "DDPM++": dict(embedding_type="positional", encoder_type="standard", resample_filter=[1, 1]),
+    "NCSN++": dict(embedding_type="fourier", encoder_type="residual", resample_filter=[1, 3, 3, 1]),
+}
 
 #: The EDM paper's deterministic sampler for CIFAR-10 (Table 2: Heun, 18 steps, NFE 35).
 SAMPLING = dict(sampler="heun", num_steps=18)
+
+#: ADM's: EDM's deterministic setting for its 64x64 models (example.py: Heun, 40 steps, NFE 79).
+#: EDM's ImageNet-64 FID 1.36 is from its stochastic sampler (256 steps, S_churn 40), which the
+#: suite does not have.
+SAMPLING_ADM = dict(sampler="heun", num_steps=40)
 
 
 def _network(data: Mapping[str, Any], path: str) -> tuple[Module, Module]:
@@ -91,53 +136,97 @@ def _network(data: Mapping[str, Any], path: str) -> tuple[Module, Module]:
     model = ema.children.get("model")
     if model is None:
         raise PretrainedError(f"{path}: its {ema.class_name} has no 'model' sub-network (not an EDM network pickle)")
-    if model.class_name == "DhariwalUNet":
+    if model.class_name not in KNOWN_CLASSES:
         raise PretrainedError(
-            f"{path} is an ADM network (DhariwalUNet, EDM's ImageNet-64 model); the suite has no ADM network, "
-            "only EDM's DDPM++ (SongUNet, the CIFAR-10 '-vp' files)"
+            f"{path}: unknown network class {model.class_name!r} under EDMPrecond (expected "
+            f"{' or '.join(KNOWN_CLASSES)})"
         )
-    if model.class_name != "SongUNet":
-        raise PretrainedError(
-            f"{path}: unknown network class {model.class_name!r} under EDMPrecond (expected SongUNet)"
-        )
-    check_classes(ema, KNOWN_CLASSES, path, "DDPM++ (EDMPrecond + SongUNet)")
+    what = {"SongUNet": "DDPM++ / NCSN++", "DhariwalUNet": "ADM"}[model.class_name]
+    check_classes(ema, KNOWN_CLASSES[model.class_name], path, f"{what} (EDMPrecond + {model.class_name})")
     return ema, model
 
 
+def song_architecture(kwargs: Mapping[str, Any]) -> str:
+    """'DDPM++' or 'NCSN++' when a SongUNet has EDM's settings of that architecture, else 'SongUNet'."""
+    for name, settings in SONGUNET_ARCHS.items():
+        if all((list(kwargs[k]) if k == "resample_filter" else kwargs[k]) == v for k, v in settings.items()):
+            return name
+    return "SongUNet"
+
+
+def _visited(kwargs: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    """The file's attention resolutions that the network visits (EDM lists 16 for 8x8 models too)."""
+    resolution, levels = int(kwargs["img_resolution"]), len(kwargs["channel_mult"])
+    visited = [resolution >> level for level in range(levels)]
+    return tuple(int(r) for r in kwargs[key] if int(r) in visited)
+
+
 def model_section(kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """The suite's model section of a SongUNet with these constructor arguments; refuses
-    anything but EDM's DDPM++ settings, naming what differs."""
-    differ = {
-        k: kwargs[k] for k, v in DDPMPP.items() if (list(kwargs[k]) if k == "resample_filter" else kwargs[k]) != v
-    }
+    """The suite's model section (`unet`) of a SongUNet with these constructor arguments: EDM's
+    DDPM++ and NCSN++, and their mixtures; refuses the 'skip' encoder / decoder, naming them."""
+    from fewstep_jax import recipes
+    from fewstep_jax.models import layers, unet
+
+    allowed = dict(embedding_type=layers.TIME_EMBEDDINGS, encoder_type=unet.ENCODER_TYPES, decoder_type=("standard",))
+    differ = {k: kwargs[k] for k, v in allowed.items() if kwargs[k] not in v}
     if differ:
-        kind = "NCSN++ ('-ve' files)" if kwargs["embedding_type"] == "fourier" else "a SongUNet variant"
         raise PretrainedError(
-            f"{path} is {kind}: {differ}; the suite has EDM's DDPM++ only ({DDPMPP}, the '-vp' files)"
+            f"{path} is a SongUNet with {differ}; the suite's unet has "
+            + ", ".join(f"{k} {' / '.join(map(repr, v))}" for k, v in allowed.items())
+            + " (EDM's DDPM++ and NCSN++)"
         )
     channels = int(kwargs["model_channels"])
-    freq_dim = max(32, 2 * ((channels + 1) // 2))  # the suite UNet's positional width (models/unet.py)
-    noise_channels = channels * int(kwargs["channel_mult_noise"])
-    if noise_channels != freq_dim:
-        raise PretrainedError(
-            f"{path}: its noise embedding has model_channels * channel_mult_noise = {noise_channels} frequencies; "
-            f"the suite's DDPM++ embeds time with max(32, model_channels) = {freq_dim}"
-        )
-    from fewstep_jax import recipes
-
-    resolution = int(kwargs["img_resolution"])
-    channel_mult = tuple(int(m) for m in kwargs["channel_mult"])
-    visited = [resolution >> level for level in range(len(channel_mult))]
     section = recipes.ddpmpp_unet(
         channels=channels,
-        channel_mult=channel_mult,
+        channel_mult=tuple(int(m) for m in kwargs["channel_mult"]),
         num_blocks=int(kwargs["num_blocks"]),
-        attn_resolutions=tuple(int(r) for r in kwargs["attn_resolutions"] if int(r) in visited),
+        attn_resolutions=_visited(kwargs, "attn_resolutions"),
         dropout=float(kwargs["dropout"]),
         emb_dim=channels * int(kwargs["channel_mult_emb"]),
         label_embed="onehot_linear",  # EDM's label input (no labels: no label weights either way)
+        noise_dim=channels * int(kwargs["channel_mult_noise"]),
+        embedding_type=str(kwargs["embedding_type"]),
+        encoder_type=str(kwargs["encoder_type"]),
+        resample_filter=tuple(int(v) for v in kwargs["resample_filter"]),
     )
     return section.to_dict()
+
+
+def adm_section(kwargs: Mapping[str, Any], channels_per_head: int, path: str) -> dict[str, Any]:
+    """The suite's model section (`adm`) of a DhariwalUNet with these constructor arguments and
+    blocks built with `channels_per_head`."""
+    from fewstep_jax import recipes
+
+    channels = int(kwargs["model_channels"])
+    return recipes.adm(
+        channels=channels,
+        channel_mult=tuple(int(m) for m in kwargs["channel_mult"]),
+        num_blocks=int(kwargs["num_blocks"]),
+        attn_resolutions=_visited(kwargs, "attn_resolutions"),
+        dropout=float(kwargs["dropout"]),
+        emb_dim=channels * int(kwargs["channel_mult_emb"]),
+        channels_per_head=int(channels_per_head),
+    ).to_dict()
+
+
+def channels_per_head(model: Module, path: str) -> int:
+    """The channels_per_head DhariwalUNet passed to its UNetBlocks (64), checked against the head
+    count each attention block recorded."""
+    found = {}
+    for where, module in model.walk("model"):
+        if module.class_name != "UNetBlock":
+            continue
+        per_head = module.kwargs.get("channels_per_head", 64)  # UNetBlock's default
+        found.setdefault(per_head, where)
+        heads = module.state.get("num_heads")
+        width = int(module.kwargs.get("out_channels", 0))
+        if heads and heads != width // per_head:
+            raise PretrainedError(
+                f"{path}: {where} has {heads} attention heads for {width} channels, not {width} // {per_head}"
+            )
+    if len(found) != 1:
+        raise PretrainedError(f"{path}: its UNetBlocks differ in channels_per_head: {found} (first block of each)")
+    return int(next(iter(found)))
 
 
 def _conv(w: np.ndarray | None) -> np.ndarray | None:
@@ -156,8 +245,9 @@ def _qkv_order(channels: int, heads: int) -> np.ndarray:
     return (h * 3 * head_dim + c * 3 + j).reshape(-1)
 
 
-def _block(m: TensorMap, src: str, res: str, attn: str | None, heads: int) -> None:
-    """One EDM UNetBlock (`src`) -> the suite's ResBlock `res` (+ AttentionBlock `attn`)."""
+def _block(m: TensorMap, src: str, res: str, attn: str | None, heads: int, attn_norm: str = "norm") -> None:
+    """One EDM UNetBlock (`src`) -> the suite's ResBlock `res` (+ AttentionBlock `attn`, whose
+    GroupNorm is `attn_norm`; ADM keeps the attention inside the block: attn = res)."""
     for edm, ours in (("norm0", "norm_0"), ("norm1", "norm_1")):
         m.put(f"{res}/{ours}/scale", m.take(f"{src}.{edm}.weight"))
         m.put(f"{res}/{ours}/bias", m.take(f"{src}.{edm}.bias"))
@@ -171,8 +261,8 @@ def _block(m: TensorMap, src: str, res: str, attn: str | None, heads: int) -> No
         m.put(f"{res}/skip/bias", m.take(f"{src}.skip.bias"))
     if attn is None:
         return
-    m.put(f"{attn}/norm/scale", m.take(f"{src}.norm2.weight"))
-    m.put(f"{attn}/norm/bias", m.take(f"{src}.norm2.bias"))
+    m.put(f"{attn}/{attn_norm}/scale", m.take(f"{src}.norm2.weight"))
+    m.put(f"{attn}/{attn_norm}/bias", m.take(f"{src}.norm2.bias"))
     qkv, qkv_bias = m.take(f"{src}.qkv.weight"), m.take(f"{src}.qkv.bias")
     if qkv is not None and qkv_bias is not None:
         order = _qkv_order(qkv.shape[1], heads)
@@ -183,21 +273,27 @@ def _block(m: TensorMap, src: str, res: str, attn: str | None, heads: int) -> No
     m.put(f"{attn}/proj/bias", m.take(f"{src}.proj.bias"))
 
 
-def _check_filters(model: Module, path: str) -> None:
-    expected = np.full((1, 1, 2, 2), 0.25)  # outer([1, 1], [1, 1]) / 4, EDM's Conv2d buffer
-    for name, value in model.tensors().items():
-        if name.endswith(".resample_filter") and not np.array_equal(np.asarray(value, np.float64), expected):
-            raise PretrainedError(f"{path}: {name} is {np.asarray(value).ravel().tolist()}, not DDPM++'s [1, 1] filter")
+def _filters(m: TensorMap, taps: tuple[int, ...]) -> None:
+    """Check every resampling filter buffer against outer(taps, taps) / sum(taps)^2 (EDM's Conv2d
+    buffer) and mark it as not imported (the filter is part of the model section)."""
+    f = np.asarray(taps, np.float64)
+    expected = (np.outer(f, f) / f.sum() ** 2)[None, None]
+    for name in [n for n in m.tensors if n.endswith(".resample_filter")]:
+        value = np.asarray(m.tensors[name], np.float64)
+        if value.shape != expected.shape or np.max(np.abs(value - expected)) > 1e-7:
+            raise PretrainedError(
+                f"{m.path}: {name} is {value.ravel().tolist()}, not the filter {list(taps)} of the model section"
+            )
+        m.drop(name)
 
 
 def params(model: Module, cfg: Mapping[str, Any], kwargs: Mapping[str, Any], expected, path: str) -> dict[str, Any]:
     """The suite UNet's params from SongUNet's tensors (see the module docstring)."""
     m = TensorMap(model.tensors(), path)
-    _check_filters(model, path)
-    for name in list(m.tensors):
-        if name.endswith(".resample_filter"):
-            m.drop(name)
+    _filters(m, tuple(cfg["resample_filter"]))
     m.drop("map_augment")
+    if cfg["embedding_type"] == "fourier":
+        m.put("cond/time/freqs", m.take("map_noise.freqs"))
     noise = int(kwargs["model_channels"]) * int(kwargs["channel_mult_noise"])
     half = noise // 2
     swap = (np.arange(noise) + half) % noise  # EDM's [sin, cos] <-> the suite's [cos, sin]
@@ -220,6 +316,9 @@ def params(model: Module, cfg: Mapping[str, Any], kwargs: Mapping[str, Any], exp
             m.put("conv_in/bias", m.take(f"enc.{key}_conv.bias"))
         else:
             _block(m, f"enc.{key}_down", f"enc_{level - 1}_down", None, 1)
+            if cfg["encoder_type"] == "residual":
+                m.put(f"enc_{level - 1}_aux_residual/conv/kernel", _conv(m.take(f"enc.{key}_aux_residual.weight")))
+                m.put(f"enc_{level - 1}_aux_residual/conv/bias", m.take(f"enc.{key}_aux_residual.bias"))
         for i in range(blocks):
             src = f"enc.{key}_block{i}"
             _block(m, src, f"enc_{level}_res_{i}", f"enc_{level}_attn_{i}" if m.has(f"{src}.qkv.weight") else None, 1)
@@ -239,7 +338,49 @@ def params(model: Module, cfg: Mapping[str, Any], kwargs: Mapping[str, Any], exp
     m.put("norm_out/bias", m.take(f"dec.{top}_aux_norm.bias"))
     m.put("conv_out/kernel", _conv(m.take(f"dec.{top}_aux_conv.weight")))
     m.put("conv_out/bias", m.take(f"dec.{top}_aux_conv.bias"))
-    return m.finish(expected, "EDM's DDPM++ as the suite's unet")
+    return m.finish(expected, f"EDM's {song_architecture(kwargs)} as the suite's unet")
+
+
+def adm_params(model: Module, cfg: Mapping[str, Any], kwargs: Mapping[str, Any], expected, path: str) -> dict[str, Any]:
+    """The suite ADM's params from DhariwalUNet's tensors (see the module docstring)."""
+    m = TensorMap(model.tensors(), path)
+    _filters(m, (1, 1))
+    m.drop("map_augment")
+    for edm_name, ours in (("map_layer0", "dense_0"), ("map_layer1", "dense_1")):
+        m.put(f"cond/time/{ours}/kernel", _linear(m.take(f"{edm_name}.weight")))
+        m.put(f"cond/time/{ours}/bias", m.take(f"{edm_name}.bias"))
+    if int(kwargs["label_dim"]):
+        m.put("cond/label/kernel", _linear(m.take("map_label.weight")))
+
+    def block(src: str, ours: str) -> None:
+        attention = m.has(f"{src}.qkv.weight")
+        heads = m.tensors[f"{src}.qkv.weight"].shape[1] // int(cfg["channels_per_head"]) if attention else 0
+        _block(m, src, ours, ours if attention else None, heads, attn_norm="norm_2")
+
+    resolution, levels, blocks = int(kwargs["img_resolution"]), len(cfg["channel_mult"]), cfg["num_blocks"]
+    for level in range(levels):
+        key = f"{resolution >> level}x{resolution >> level}"
+        if level == 0:
+            m.put("conv_in/kernel", _conv(m.take(f"enc.{key}_conv.weight")))
+            m.put("conv_in/bias", m.take(f"enc.{key}_conv.bias"))
+        else:
+            block(f"enc.{key}_down", f"enc_{level - 1}_down")
+        for i in range(blocks):
+            block(f"enc.{key}_block{i}", f"enc_{level}_block_{i}")
+    for level in reversed(range(levels)):
+        key = f"{resolution >> level}x{resolution >> level}"
+        if level == levels - 1:
+            block(f"dec.{key}_in0", "mid_0")
+            block(f"dec.{key}_in1", "mid_1")
+        else:
+            block(f"dec.{key}_up", f"dec_{level + 1}_up")
+        for i in range(blocks + 1):
+            block(f"dec.{key}_block{i}", f"dec_{level}_block_{i}")
+    m.put("norm_out/scale", m.take("out_norm.weight"))
+    m.put("norm_out/bias", m.take("out_norm.bias"))
+    m.put("conv_out/kernel", _conv(m.take("out_conv.weight")))
+    m.put("conv_out/bias", m.take("out_conv.bias"))
+    return m.finish(expected, "EDM's ADM (DhariwalUNet) as the suite's adm")
 
 
 def convert(data: Mapping[str, Any], path: str) -> Imported:
@@ -247,24 +388,37 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
     from fewstep_jax import models
 
     ema, model = _network(data, path)
-    kwargs = {**SONGUNET_DEFAULTS, **model.kwargs}
+    adm = model.class_name == "DhariwalUNet"
+    kwargs = {**(DHARIWALUNET_DEFAULTS if adm else SONGUNET_DEFAULTS), **model.kwargs}
     sigma_data = float(ema.state.get("sigma_data", ema.kwargs.get("sigma_data", 0.5)))
-    cfg = model_section(kwargs, path)
+    cfg = adm_section(kwargs, channels_per_head(model, path), path) if adm else model_section(kwargs, path)
     shape = (int(kwargs["img_resolution"]), int(kwargs["img_resolution"]), int(kwargs["in_channels"]))
     num_classes = int(kwargs["label_dim"])
-    net = models.build(cfg, data_shape=shape, num_classes=num_classes)
-    tree = params(model, cfg, kwargs, expected_shapes(net, shape, num_classes), path)
+    try:
+        net = models.build(cfg, data_shape=shape, num_classes=num_classes)
+    except ValueError as e:
+        raise PretrainedError(f"{path}: its network has no counterpart in the suite: {e}") from None
+    tree = (adm_params if adm else params)(model, cfg, kwargs, expected_shapes(net, shape, num_classes), path)
     data_name = suite_dataset(shape, num_classes)
     dataset = data.get("dataset_kwargs") if isinstance(data.get("dataset_kwargs"), Mapping) else {}
-    summary = dict(
-        architecture=(
-            f"DDPM++ (EDM SongUNet): {cfg['channels']} channels x {list(cfg['channel_mult'])}, "
+    if adm:
+        architecture = (
+            f"ADM (EDM DhariwalUNet): {cfg['channels']} channels x {list(cfg['channel_mult'])}, "
+            f"{cfg['num_blocks']} blocks per resolution, attention at {list(cfg['attn_resolutions'])} "
+            f"with heads of {cfg['channels_per_head']} channels"
+        )
+    else:
+        architecture = (
+            f"{song_architecture(kwargs)} (EDM SongUNet): {cfg['channels']} channels x {list(cfg['channel_mult'])}, "
             f"{cfg['num_blocks']} blocks per resolution, attention at {list(cfg['attn_resolutions'])}"
-        ),
+        )
+    summary = dict(
+        architecture=architecture,
         network_class=f"{ema.class_name} / {model.class_name}",
         data=data_name or f"{shape} images (no dataset of the suite has this shape)",
         stored_dtype=str(next(iter(model.tensors().values())).dtype),
-        ema="not recorded in the file (EDM's training default: a 0.5 Mimg half-life)",
+        ema="not recorded in the file (EDM trained it with a "
+        + ("50 Mimg half-life, its ImageNet-64 setting)" if adm else "0.5 Mimg half-life, its default)"),
         not_imported=["model.map_augment.weight: augmentation conditioning, unused when sampling (no augment labels)"]
         if int(kwargs["augment_dim"])
         else [],
@@ -279,7 +433,7 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
         num_classes=num_classes,
         data_name=data_name,
         sigma_data=sigma_data,
-        sampling=SAMPLING,
+        sampling=SAMPLING_ADM if adm else SAMPLING,
         params=tree,
         summary=summary,
     )

@@ -20,19 +20,30 @@ https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-s-10737
   python -m fewstep_jax.main --config=configs/ect_imagenet64.py:s --workdir=runs/ect_imagenet64_s \
       --config.train.init_from=edm2-img64-s-1073741-0.075.pkl --config.model.fourier_params=True
 
+`:adm` tunes EDM's own ImageNet-64 model instead, the ADM network of
+https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl (~296M parameters),
+with the same recipe and an optimizer of our choice (recipes.ect_imagenet64_adm; no paper reports
+this run):
+
+  python -m fewstep_jax.main --config=configs/ect_imagenet64.py:adm --workdir=runs/ect_imagenet64_adm \
+      --config.train.init_from=edm-imagenet-64x64-cond-adm.pkl
+
 ImageNet-64: prepare it once with
 `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
-Variants: `:s` (default), `:m`, `:smoke`.
+Variants: `:s` (default), `:m`, `:adm`, `:smoke`.
 """
 
 from fewstep_jax import config_lib, recipes
 
-VARIANTS = config_lib.Variants(sizes=("s", "m"))
+VARIANTS = config_lib.Variants(sizes=("s", "m"), options=("adm",))
 
 
 def get_config(arg: str | None = None):
     variant = VARIANTS.parse(arg)
-    c = recipes.ect_imagenet64(variant.size)  # lr and dropout of the size: recipes.ECT_IMAGENET64_SIZES
+    if variant.name == "adm":
+        c = recipes.ect_imagenet64_adm()
+    else:
+        c = recipes.ect_imagenet64(variant.size)  # lr and dropout of the size: recipes.ECT_IMAGENET64_SIZES
     if variant.smoke:
         config_lib.smoke(c)
         c.train.init_from = ""

@@ -18,19 +18,26 @@ https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img64-m-21474
   python -m fewstep_jax.main --config=configs/sct_imagenet64.py:m --workdir=runs/sct_imagenet64_m \
       --config.train.init_from=edm2-img64-m-2147483-0.060.pkl --config.model.fourier_params=True
 
+`:adm` tunes EDM's own ImageNet-64 model instead (the ADM network of
+https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl), ECT's recipe for
+it (recipes.ect_imagenet64_adm, our choice; no paper reports this run) plus SCT's changes:
+
+  python -m fewstep_jax.main --config=configs/sct_imagenet64.py:adm --workdir=runs/sct_imagenet64_adm \
+      --config.train.init_from=edm-imagenet-64x64-cond-adm.pkl
+
 ImageNet-64: prepare it once with
 `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
-Variants: `:s` (default), `:m`, `:smoke`.
+Variants: `:s` (default), `:m`, `:adm`, `:smoke`.
 """
 
 from fewstep_jax import config_lib, recipes
 
-VARIANTS = config_lib.Variants(sizes=("s", "m"))
+VARIANTS = config_lib.Variants(sizes=("s", "m"), options=("adm",))
 
 
 def get_config(arg: str | None = None):
     variant = VARIANTS.parse(arg)
-    c = recipes.ect_imagenet64(variant.size)
+    c = recipes.ect_imagenet64_adm() if variant.name == "adm" else recipes.ect_imagenet64(variant.size)
     c.method = recipes.sct(c.method, weighting="inv_dt", class_masked=True, reference_bank=16_384)
     if variant.smoke:
         config_lib.smoke(c)

@@ -306,8 +306,8 @@ def test_released_cifar10_arguments_give_the_ect_configs_network(golden, file, n
 
 def test_released_adm_arguments_give_the_adm_configs_network(golden):
     """EDM's train.py --arch=adm on ImageNet-64 (DhariwalUNet's defaults, 1000 classes, dropout
-    0.1; its UNetBlocks get channels_per_head 64): the network of recipes.adm(), with the
-    reference network's parameter count."""
+    0.1; its UNetBlocks get channels_per_head 64): the network of recipes.adm() and of the `:adm`
+    ECT / SCT configs, with the reference network's parameter count."""
     from fewstep_jax import recipes
 
     file = "edm-imagenet-64x64-cond-adm.pkl"
@@ -315,6 +315,7 @@ def test_released_adm_arguments_give_the_adm_configs_network(golden):
     cfg = edm.adm_section(kwargs, 64, file)
     assert _count(cfg, (64, 64, 3), 1000) == int(golden[f"released/{file}/num_params"])
     assert pretrained.architecture_differences(cfg, recipes.adm().to_dict(), 1000) == []
+    assert pretrained.architecture_differences(cfg, recipes.ect_imagenet64_adm().model.to_dict(), 1000) == []
 
 
 @pytest.mark.parametrize(
@@ -650,4 +651,6 @@ def test_every_config_that_starts_from_a_released_file_has_its_command():
         "scm_scd_imagenet64.py:l",
         "scm_scd_imagenet64.py:xl",
         "scm_scd_cifar.py",
+        "ect_imagenet64.py:adm",
+        "sct_imagenet64.py:adm",
     }

@@ -10,9 +10,10 @@ file name), resolution, labels. `train.init_from=DIR` and sCD's `method.teacher=
 folder (or the released file itself, converted on the fly each time: the folder saves that).
 
 --check samples a small grid with the paper's deterministic sampler (EDM: Heun, 18 steps = NFE
-35 for CIFAR-10; EDM2: Heun, 32 steps = NFE 63), balanced labels for conditional models, and
-writes DIR/check.png (latent models: their first three latent channels, there is no VAE decoder
-in the suite) so that one sees the import worked. On a CPU keep --check_samples small.
+35 for CIFAR-10, 40 steps = NFE 79 for its ImageNet-64 ADM; EDM2: Heun, 32 steps = NFE 63),
+balanced labels for conditional models, and writes DIR/check.png (latent models: their first
+three latent channels, there is no VAE decoder in the suite) so that one sees the import worked.
+On a CPU keep --check_samples small.
 
 Why safetensors + JSON rather than a suite checkpoint: a checkpoint of this suite is a whole
 training state (optimizer moments, EMAs, data iterator) under a full config; an imported model

@@ -99,7 +99,7 @@ REGISTRY: dict[str, Importer] = {
             "edm",
             "fewstep_jax.models.pretrained.edm",
             "network_pickle",
-            "NVlabs/edm network pickles (EDMPrecond + DDPM++), e.g. edm-cifar10-32x32-uncond-vp.pkl",
+            "NVlabs/edm network pickles (EDMPrecond + DDPM++ / NCSN++ / ADM), e.g. edm-cifar10-32x32-uncond-vp.pkl",
         ),
         Importer(
             "edm2",

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from dit_golden import FILES, FIXTURES, GOLDEN, TINY
 
-from fewstep_jax import models
+from fewstep_jax import methods, models
 from fewstep_jax.methods.flow import FlowMatching
 from fewstep_jax.methods.meanflow import MeanFlow
 from fewstep_jax.metrics import torch_pickle
@@ -395,7 +395,7 @@ def test_registry_imports_sit_and_repa_as_flow_models_and_refuses_dit(monkeypatc
         path = os.path.join(FIXTURES, FILES[family])
         assert pretrained.detect(path) == "sit"
         out = import_weights.convert("sit", path, str(tmp_path / family))
-        assert out.method["name"] == "flow" and out.parameterization == "flow"
+        assert out.method["name"] == "flow" and methods.REGISTRY["flow"].parameterization == "flow"
         config, params, _ = imp.load(path, family)
         net = out.build()
         x = rng.standard_normal((2, *out.data_shape)).astype(np.float32)

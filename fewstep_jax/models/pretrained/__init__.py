@@ -150,13 +150,6 @@ class Imported:
     summary: dict[str, Any]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @property
-    def parameterization(self) -> str:
-        """What the network's output means (the methods' `parameterization`)."""
-        from fewstep_jax import methods
-
-        return methods.REGISTRY[self.method["name"]].parameterization
-
     def build(self, **overrides: Any) -> Any:
         """The suite's network for these params (model section with `overrides`, e.g. dtype)."""
         from fewstep_jax import models

@@ -11,8 +11,11 @@ v-head 5.68 -> omega-conditioning 5.52 -> interval conditioning 4.57 -> in-conte
 omega_max=1 setting reproduce the early rows).
 Network: the iMF DiT (models/imf_dit.py): B/2 12 blocks 768 wide (12 heads), M/2 24 x 768,
 L/2 32 x 1024 (16 heads), XL/2 48 x 1024; the last 8 blocks are duplicated as the auxiliary v-head
-(89M / 174M / 409M / 610M parameters at inference). Sampling: eval.guidance is omega (B/2 8.0 on
-[0.4, 0.65], M/2 and L/2 10.5 on [0.4, 0.6], XL/2 8.0 on [0.42, 0.62]).
+(89M / 174M / 409M / 610M parameters at inference; 146M / 231M / 510M / 711M in training with
+the v-head). Sampling: eval.guidance is omega (B/2 8.0 on [0.4, 0.65], M/2 and L/2 10.5 on
+[0.4, 0.6], XL/2 8.0 on [0.42, 0.62]). The tuned 10.5 lies beyond the code's training range
+[1, 8] (method.omega_max); the paper may train M/2 and L/2 with a larger range or another
+omega_beta (unverified), so those two sizes extrapolate in omega here.
 Training: latents under the 'imf' preset (per-channel standardization, as the code), batch 1024,
 640 epochs, AdamW (0.9, 0.95), no weight decay, lr 1e-4 after a 10-epoch warmup, EMA 0.9999,
 float32 (recipes.imf_imagenet256).

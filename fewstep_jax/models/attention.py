@@ -1,10 +1,12 @@
 """Self-attention that supports forward-mode AD at O(tokens) memory, next to the fused kernel.
 
-sCM (Lu & Song 2024, sec. 4 and App. F "JVP of flash attention") and MeanFlow (Geng et al. 2025,
-eq. 8) push a tangent through the whole network with jax.jvp, and MeanFlow then differentiates the
-result in reverse mode. Fused attention kernels (cuDNN flash attention behind
-jax.nn.dot_product_attention) are custom_vjp functions, which forward mode cannot go through, and
-plain einsum attention materializes the [tokens, tokens] weights twice (primal and tangent).
+sCM (Lu & Song 2024, sec. 4) and MeanFlow (Geng et al. 2025, eq. 8) push a tangent through the
+whole network with jax.jvp, and MeanFlow then differentiates the result in reverse mode. Fused
+attention kernels (cuDNN flash attention behind jax.nn.dot_product_attention) are custom_vjp
+functions, which forward mode cannot go through, and plain einsum attention materializes the
+[tokens, tokens] weights twice (primal and tangent). The missing piece is a forward-mode rule for
+flash attention (rCM, Zheng et al. 2025, writes one as a FlashAttention-2 JVP kernel); here it is
+written with XLA operations.
 
 `attention(q, k, v, kind)` offers:
   'einsum'     layers.attention: einsum + float32 softmax; jvp and grad by plain autodiff.
@@ -15,8 +17,8 @@ plain einsum attention materializes the [tokens, tokens] weights twice (primal a
   'auto'       the fused kernel for the primal, the blockwise tangent as its jax.custom_jvp rule:
                sampling and evaluation run the fused kernel, jax.jvp works everywhere.
 
-The blockwise computation (flash attention, Dao et al. 2022, with its jvp as sCM App. F derives
-it): queries are processed in blocks of `block_q` rows (lax.map over a jax.checkpoint-ed block
+The blockwise computation (flash attention, Dao et al. 2022, and its directional derivative):
+queries are processed in blocks of `block_q` rows (lax.map over a jax.checkpoint-ed block
 function), and for each query block the keys are visited in blocks of `block_k` (lax.scan) with an
 online softmax: running max m, normalizer l = sum exp(s - m) and weighted sums, rescaled by
 exp(m_old - m_new) whenever the max grows. For logits s = q k^T / sqrt(D), weights

@@ -14,6 +14,23 @@ autoguided variant needs a weaker teacher run: --config.method.weak_teacher=DIR
   python -m fewstep_jax.main --config=configs/edm_imagenet64.py:s --workdir=runs/edm_imagenet64_s
   python -m fewstep_jax.main --config=configs/ayf_imagenet64.py:s --workdir=runs/ayf_imagenet64_s
 
+The teacher may instead be NVlabs' released EDM2 model of the size (method.teacher = the .pkl or
+its import_weights folder; an EDM-preconditioned denoiser, teacher_kind 'edm' as set here), e.g.
+EDM2's FID preset of S (https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/; M / L / XL:
+edm2-img64-m-2147483-0.060.pkl, -l-1073741-0.040.pkl, -xl-0671088-0.040.pkl):
+
+  python -m fewstep_jax.main --config=configs/ayf_imagenet64.py:s --workdir=runs/ayf_imagenet64_s_edm2 \
+      --config.method.teacher=edm2-img64-s-1073741-0.075.pkl
+
+or autoguided as EDM2's own autoguidance preset of S (edm2-img64-s-autog-fid: guiding model
+edm2-img64-xs-0134217-0.110.pkl, weight 1.70; whether AYF used that pairing is unverified):
+
+  python -m fewstep_jax.main --config=configs/ayf_imagenet64.py:s --workdir=runs/ayf_imagenet64_s_autog \
+      --config.method.teacher=edm2-img64-s-1073741-0.045.pkl \
+      --config.method.weak_teacher=edm2-img64-xs-0134217-0.110.pkl --config.method.autoguidance=1.7
+
+The student starts from scratch either way (its flow-map network takes t in [0, 1] and the
+interval, not EDM's c_noise). docs/PRETRAINED.md lists the command of every size.
 ImageNet-64: `python -m fewstep_jax.data.prepare --dataset=imagenet64 --manual_dir=DIR` (docs/DATA.md).
 Variants: `:s` (default), `:m`, `:l`, `:xl`, `:smoke`.
 """

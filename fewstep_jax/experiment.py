@@ -258,8 +258,17 @@ def load_pretrained(workdir: str) -> tuple[ml_collections.ConfigDict, Any]:
 
 
 def attach_frozen(exp: Experiment) -> None:
-    """Load the method's frozen inputs (e.g. sCD's teacher): training needs them, sampling does not."""
-    frozen = exp.method.load_frozen(load_pretrained)
+    """Load the method's frozen inputs (e.g. sCD's and AYF's teachers): training needs them,
+    sampling does not. An official file among them must be a model of this config's data
+    (check_imported_data); the method checks its parameterization (load_frozen)."""
+
+    def loader(path: str) -> tuple[ml_collections.ConfigDict, Any]:
+        config, params = load_pretrained(path)
+        if "pretrained" in config:
+            check_imported_data(f"{exp.config.method.name}: the teacher {path}", exp.info, config)
+        return config, params
+
+    frozen = exp.method.load_frozen(loader)
     if frozen is not None:
         exp.frozen = jax.device_put(frozen, sharding_lib.replicated(exp.mesh))
 
@@ -350,21 +359,44 @@ def check_pretrained_method(exp: Experiment, pre_config: ml_collections.ConfigDi
         )
 
 
-def check_imported(exp: Experiment, pre_config: ml_collections.ConfigDict) -> None:
-    """An imported pretrained file (pre_config.pretrained) must fit this config: the data's shape,
-    labels and (when the file's data is one of the suite's) name, and the network's architecture
-    (models.pretrained.architecture_differences), each named in one line."""
-    from fewstep_jax.models import pretrained
-
-    source, info = exp.train.init_from, exp.info
+def check_imported_data(what: str, info: data_lib.DatasetInfo, pre_config: ml_collections.ConfigDict) -> None:
+    """An imported pretrained file (pre_config.pretrained) must be a model of this config's data:
+    its shape, labels, (when the file's data is one of the suite's) name, and for latents the
+    preset (data/latents.py) they were normalized with; a one-line ValueError starting with
+    `what` otherwise."""
     file_data = pre_config.pretrained
     theirs = (tuple(file_data.data_shape), int(file_data.num_classes))
     if theirs != (tuple(info.shape), info.num_classes) or (pre_config.data.name and pre_config.data.name != info.name):
         raise ValueError(
-            f"train.init_from={source} is a model of {pre_config.data.name or 'other data'} with shape {theirs[0]} and "
+            f"{what} is a model of {pre_config.data.name or 'other data'} with shape {theirs[0]} and "
             f"{theirs[1]} classes; this config's data {info.name!r} has shape {tuple(info.shape)} and "
             f"{info.num_classes} classes"
         )
+    preset = file_data.get("latent_preset", "")
+    if preset and info.latent_preset and preset != info.latent_preset:
+        from fewstep_jax.models import pretrained
+
+        if preset == pretrained.LATENT_UNKNOWN:
+            fix = "no preset of the suite normalizes latents as the file's model expects"
+        else:
+            fix = (
+                f"prepare {info.name} with --latent_preset={preset} (docs/LATENTS.md) and set "
+                f"--config.data.latent_preset={preset}"
+            )
+        raise ValueError(
+            f"{what} is a model of latents under the {preset!r} preset; this config's data {info.name!r} were "
+            f"prepared with {info.latent_preset!r}: {fix}"
+        )
+
+
+def check_imported(exp: Experiment, pre_config: ml_collections.ConfigDict) -> None:
+    """An imported pretrained file (pre_config.pretrained) must fit this config: its data
+    (check_imported_data) and the network's architecture (models.pretrained.architecture_differences),
+    each named in one line."""
+    from fewstep_jax.models import pretrained
+
+    source, info = exp.train.init_from, exp.info
+    check_imported_data(f"train.init_from={source}", info, pre_config)
     differences = pretrained.architecture_differences(
         pre_config.model.to_dict(), exp.config.model.to_dict(), info.num_classes
     )

@@ -557,10 +557,11 @@ def ayf(teacher: str, teacher_kind: str = "flow", **overrides: Any) -> ConfigDic
     """Align Your Flow (Sabour, Fidler, Kreis 2025, arXiv 2506.14603): Eulerian map distillation from
     the frozen teacher run `teacher`, tangent normalization c = 0.1, r_w warmed up to 0.99 over 10k
     steps (length unverified), (t, s) = max, min of logit-normal(-0.4, 1.0) (unverified), no
-    autoguidance unless a weaker teacher is given."""
-    cfg = dict(name="ayf", teacher=teacher, teacher_kind=teacher_kind, objective="eulerian", autoguidance=1.0,
-               t_logit_mean=-0.4, t_logit_std=1.0, r_logit_mean=-0.4, r_logit_std=1.0, ratio_r_eq_t=0.0,
-               tangent_warmup=10_000, r_max=0.99, tangent_norm=True, tangent_norm_c=0.1)  # fmt: skip
+    autoguidance unless a weaker teacher is given (weak_teacher and autoguidance, listed so that a
+    command line can set them)."""
+    cfg = dict(name="ayf", teacher=teacher, teacher_kind=teacher_kind, weak_teacher="", objective="eulerian",
+               autoguidance=1.0, t_logit_mean=-0.4, t_logit_std=1.0, r_logit_mean=-0.4, r_logit_std=1.0,
+               ratio_r_eq_t=0.0, tangent_warmup=10_000, r_max=0.99, tangent_norm=True, tangent_norm_c=0.1)  # fmt: skip
     return ConfigDict(dict(cfg, **overrides))
 
 

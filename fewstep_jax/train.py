@@ -152,12 +152,13 @@ def save_checkpoint(exp: Experiment, state: state_lib.TrainState, step: int) -> 
 
 def start(exp: Experiment, *, allow_config_change: bool = False) -> tuple[state_lib.TrainState, int]:
     """The state to train from (experiment.restore_or_init) with the method's frozen inputs
-    attached; writes config.json and parameters.txt and logs what is trained."""
+    attached (loaded and checked first: a wrong teacher fails before anything is compiled);
+    writes config.json and parameters.txt and logs what is trained."""
     if exp.is_main:
         os.makedirs(exp.workdir, exist_ok=True)
     try:
-        state, step = experiment_lib.restore_or_init(exp, allow_config_change=allow_config_change)
         experiment_lib.attach_frozen(exp)
+        state, step = experiment_lib.restore_or_init(exp, allow_config_change=allow_config_change)
     except BaseException:
         exp.checkpointer.close()
         raise

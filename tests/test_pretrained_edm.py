@@ -544,36 +544,187 @@ def test_scd_teacher_from_a_file_is_the_converted_denoiser(tmp_path, golden, imp
     assert _relative(velocity, expected) <= 1e-4
 
 
+def test_scd_teacher_guidance_is_refused_with_a_file(imported):
+    """The released conditional EDM / EDM2 models never saw the null label (no label dropout):
+    sCD's teacher guidance, which needs their unconditional output, is refused in one line."""
+    config = _config("scm_scd_digits", imported[EDM2_COND], "")
+    config.method.update(dict(teacher_guidance_max=2.0))
+    config.model.update(dict(use_d=True, time_map="edm_as_trigflow"))
+    method = _method(imported[EDM2_COND], config)
+    with pytest.raises(ValueError, match=r"teacher_guidance_max=1\.0 --config\.model\.use_d=False$") as info:
+        method.teacher_config(imported[EDM2_COND].config(), "edm2.pkl")
+    assert "\n" not in str(info.value) and "trained without label dropout" in str(info.value)
+
+
+def test_ayf_teacher_from_a_file_is_the_reference_velocity(tmp_path, golden, imported):
+    """method.teacher = an EDM2 file, loaded as training loads it (experiment.attach_frozen):
+    AYF's teacher velocity at (z, t) is what the reference denoiser D implies,
+    (z - D(z / (1 - t); sigma)) / t with sigma = t / (1 - t) (AYF sec. 4). With teacher_kind
+    'trigflow' the file goes through the exact TrigFlow conversion (tested above, and AYF's
+    TrigFlow velocity in tests/test_flowmaps.py)."""
+    from conftest import load_config, quiet
+
+    from fewstep_jax import experiment
+
+    config = quiet(load_config("ayf_digits"), 2)
+    config.method.update(dict(teacher=os.path.join(FIXTURES, EDM2_COND), teacher_kind="edm"))
+    exp = experiment.setup(config, str(tmp_path / "ayf"))
+    exp.checkpointer.close()
+    experiment.attach_frozen(exp)
+    x, sigma, y = _inputs(golden, EDM2_COND, 10)
+    keep = sigma >= 0.5  # (z - D) / t loses digits where t is small
+    t = sigma[keep] / (1.0 + sigma[keep])
+    z = (1.0 - t)[:, None, None, None] * x[keep]
+    velocity = jax.jit(exp.method.teacher_velocity, static_argnums=0)(
+        "teacher", exp.frozen["teacher"], jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(y[keep])
+    )
+    expected = (z - golden[f"{EDM2_COND}/denoised"][keep]) / t[:, None, None, None]
+    assert _relative(velocity, expected) <= 1e-4
+    trig = methods.build({**config.method.to_dict(), "teacher_kind": "trigflow"}, exp.method.net, exp.info)
+    converted = trig.teacher_config(imported[EDM2_COND].config(), "f")
+    assert converted.method.name == "trigflow" and converted.model.time_map == "edm_as_trigflow"
+
+
+def test_ayf_refuses_a_mismatched_teacher_file_before_compiling(tmp_path, monkeypatch, imported):
+    """A teacher file of another parameterization than method.teacher_kind, or of other data,
+    fails in one line from train.start before the train state is compiled."""
+    from conftest import load_config, quiet
+
+    from fewstep_jax import experiment, train
+
+    def compiled(*args, **kwargs):
+        raise AssertionError("the train state was compiled before the teacher was checked")
+
+    monkeypatch.setattr(experiment, "init_state", compiled)
+    cases = (
+        (EDM2_COND, "flow", r"is a released 'edm2' file \(edm parameterization\); method\.teacher_kind='flow' needs a "
+         r"flow one; set --config\.method\.teacher_kind=edm$"),
+        (EDM2_LATENT, "edm", r"ayf: the teacher .*edm2-latent8.* is a model of other data with shape \(8, 8, 4\) and 0 "
+         r"classes; this config's data 'digits' has shape \(8, 8, 1\) and 10 classes$"),
+    )  # fmt: skip
+    for i, (name, kind, match) in enumerate(cases):
+        config = quiet(load_config("ayf_digits"), 2)
+        config.method.update(dict(teacher=os.path.join(FIXTURES, name), teacher_kind=kind))
+        exp = experiment.setup(config, str(tmp_path / str(i)))
+        with pytest.raises(ValueError, match=match) as info:
+            train.start(exp)
+        assert "\n" not in str(info.value)
+
+
+def test_latent_files_carry_their_preset(tmp_path, imported):
+    """EDM2's latent encoder stores EDM2's normalization: the file is a model of 'edm2' latents,
+    kept by the exported folder; data prepared with another preset is refused in one line naming
+    both and the fix, and a file whose normalization is none of the presets is told apart."""
+    from fewstep_jax import experiment
+    from fewstep_jax.data import latents
+
+    imp = imported[EDM2_LATENT]
+    assert imp.latent_preset == "edm2" and imported[EDM2_COND].latent_preset is None
+    folder = pretrained.load(pretrained.save(imp, str(tmp_path / "latent")))
+    assert folder.latent_preset == "edm2" and folder.config().pretrained.latent_preset == "edm2"
+    edm2_preset = latents.PRESETS["edm2"]
+    raw_mean, raw_std = np.asarray((5.81, 3.25, 0.12, -2.15)), np.asarray((4.17, 4.62, 3.71, 3.28))  # EDM2's
+    assert pretrained.latent_preset_of(0.5 / raw_std, -0.5 * raw_mean / raw_std) == "edm2"
+    assert pretrained.latent_preset_of(edm2_preset.scale, np.zeros(4)) == pretrained.LATENT_UNKNOWN
+    assert pretrained.latent_preset_of((0.18215,) * 4, np.zeros(4)) == "sd"
+    experiment.check_imported_data("f", DatasetInfo("imagenet512_latents", (8, 8, 4), 0, 0.5, "edm2"), imp.config())
+    with pytest.raises(
+        ValueError,
+        match=r"^f is a model of latents under the 'edm2' preset; this config's data 'imagenet512_latents' were "
+        r"prepared with 'scm': prepare imagenet512_latents with --latent_preset=edm2 \(docs/LATENTS\.md\) and set "
+        r"--config\.data\.latent_preset=edm2$",
+    ):
+        experiment.check_imported_data("f", DatasetInfo("imagenet512_latents", (8, 8, 4), 0, 0.5, "scm"), imp.config())
+
+
 #: NVlabs' training arguments of the released files docs/PRETRAINED.md names (EDM train.py
 #: --arch=ddpmpp / ncsnpp on CIFAR-10, --arch=adm on ImageNet-64; EDM2 train_edm2.py presets
-#: edm2-img64-{s,m,l,xl}).
+#: edm2-img64-{xs,s,m,l,xl} and edm2-img512-{xs,s,m,l,xl,xxl}, the latter on 64x64x4 latents).
+EDM2_CHANNELS = {"xs": 128, "s": 192, "m": 256, "l": 320, "xl": 384, "xxl": 448}
 RELEASED = {
     "edm-cifar10-32x32-uncond-vp.pkl": ("edm", dict(label_dim=0)),
     "edm-cifar10-32x32-cond-vp.pkl": ("edm", dict(label_dim=10)),
     "edm-cifar10-32x32-uncond-ve.pkl": ("edm", dict(label_dim=0, **NCSNPP_ARGS)),
     "edm-cifar10-32x32-cond-ve.pkl": ("edm", dict(label_dim=10, **NCSNPP_ARGS)),
     "edm-imagenet-64x64-cond-adm.pkl": ("adm", dict(label_dim=1000)),
-    "edm2-img64-s-1073741-0.075.pkl": ("edm2", dict(model_channels=192, dropout=0.0)),
-    "edm2-img64-m-2147483-0.060.pkl": ("edm2", dict(model_channels=256, dropout=0.1)),
-    "edm2-img64-l-1073741-0.040.pkl": ("edm2", dict(model_channels=320, dropout=0.1)),
-    "edm2-img64-xl-0671088-0.040.pkl": ("edm2", dict(model_channels=384, dropout=0.1)),
+    **{
+        f"edm2-img{res}-{size}-{kimg}-{ema}.pkl": ("edm2" if res == 64 else "edm2_latent", dict(model_channels=ch))
+        for res, size, kimg, ema in (
+            (64, "s", "1073741", "0.075"),
+            (64, "m", "2147483", "0.060"),
+            (64, "l", "1073741", "0.040"),
+            (64, "xl", "0671088", "0.040"),
+            (64, "s", "1073741", "0.045"),  # EDM2's autoguidance preset of S, with the XS guide below
+            (64, "xs", "0134217", "0.110"),
+            (512, "s", "2147483", "0.130"),
+            (512, "m", "2147483", "0.100"),
+            (512, "l", "1879048", "0.085"),
+            (512, "xl", "1342177", "0.085"),
+            (512, "xxl", "0939524", "0.070"),
+            (512, "s", "2147483", "0.070"),
+            (512, "xs", "0134217", "0.125"),
+        )
+        for ch in (EDM2_CHANNELS[size],)
+    },
+    "SiT-XL-2-256.pt": ("sit", {}),
+    "last.pt": ("sit_repa", {}),  # REPA's SiT-XL/2 after 4M iterations
 }
 
+#: One example's shape per dataset of the documented commands.
+SHAPES = {"cifar10": (32, 32, 3), "imagenet64": (64, 64, 3), "imagenet256_latents": (32, 32, 4),
+          "imagenet512_latents": (64, 64, 4)}  # fmt: skip
 
-def _released_model(file):
+
+def _released_config(file):
+    """The config (model, data, method, pretrained sections) importing `file` gives, from the
+    official training arguments (NVlabs' files) or the official full-size layouts (SiT / REPA,
+    recorded on PyTorch's meta device by tests/dit_golden.py)."""
+    from fewstep_jax import recipes
+
     family, kwargs = RELEASED[file]
+    method, preset = dict(name="edm", sigma_d=0.5), ""
     if family == "adm":
         imagenet = dict(img_resolution=64, in_channels=3, dropout=0.1)
-        return edm.adm_section({**edm.DHARIWALUNET_DEFAULTS, **imagenet, **kwargs}, 64, file), (64, 64, 3), 1000
-    if family == "edm":
+        model = edm.adm_section({**edm.DHARIWALUNET_DEFAULTS, **imagenet, **kwargs}, 64, file)
+        data, shape, num_classes = "imagenet64", (64, 64, 3), 1000
+    elif family == "edm":
         cifar = dict(img_resolution=32, in_channels=3, model_channels=128, channel_mult=[2, 2, 2], dropout=0.13)
-        return (
-            edm.model_section({**edm.SONGUNET_DEFAULTS, **cifar, "augment_dim": 9, **kwargs}, file),
-            (32, 32, 3),
-            kwargs["label_dim"],
+        model = edm.model_section({**edm.SONGUNET_DEFAULTS, **cifar, "augment_dim": 9, **kwargs}, file)
+        data, shape, num_classes = "cifar10", (32, 32, 3), kwargs["label_dim"]
+    elif family in ("sit", "sit_repa"):
+        from dit_golden import GOLDEN
+
+        from fewstep_jax.models import dit as dit_net
+        from fewstep_jax.models.pretrained import dit
+
+        with np.load(GOLDEN) as golden:
+            name = {"sit": "sit_xl2_256", "sit_repa": "sit_repa_xl2_256"}[family]
+            names, shapes = golden[f"names_{name}"], golden[f"shapes_{name}"]
+        state = {}
+        for key, text in zip(names, shapes):
+            shape_ = tuple(int(v) for v in str(text).split(","))
+            if key == "pos_embed":
+                grid = int(round(shape_[1] ** 0.5))
+                state[str(key)] = dit_net.sincos_2d_embedding(grid, grid, shape_[2]).astype(np.float32)[None]
+            else:  # zero-stride stand-ins: the layout without the memory
+                state[str(key)] = np.broadcast_to(np.float32(0.01), shape_)
+        model, _, summary = dit.import_state_dict(state, family)
+        method, preset = dict(recipes.flow()), dit.LATENT_PRESET
+        data, shape, num_classes = "imagenet256_latents", tuple(summary["data_shape"]), summary["num_classes"]
+    else:
+        latent = family == "edm2_latent"
+        imagenet = dict(img_resolution=64, img_channels=4 if latent else 3, label_dim=1000)
+        model = edm2.model_section({**edm2.UNET_DEFAULTS, **imagenet, **kwargs}, file)
+        data, preset = ("imagenet512_latents", "edm2") if latent else ("imagenet64", "")
+        shape, num_classes = (64, 64, 4 if latent else 3), 1000
+    return ml_collections.ConfigDict(
+        dict(
+            model=model,
+            data=dict(name=data),
+            method=method,
+            pretrained=dict(family=family, data_shape=shape, num_classes=num_classes, latent_preset=preset),
         )
-    imagenet = dict(img_resolution=64, img_channels=3, label_dim=1000)
-    return edm2.model_section({**edm2.UNET_DEFAULTS, **imagenet, **kwargs}, file), (64, 64, 3), 1000
+    )
 
 
 def _flag_value(current, text):
@@ -601,9 +752,11 @@ def _documented_commands():
 @pytest.mark.parametrize("command", _documented_commands(), ids=lambda c: c[3].split("/")[-1])
 def test_documented_commands_start_from_the_released_files(command):
     """Each command of docs/PRETRAINED.md, applied to its config as the command line does (a
-    locked config: every override must name an existing key), describes the released file's
-    network (from NVlabs' training arguments), on data of its shape and labels, with a method
-    that accepts the file (experiment.check_pretrained_method, as train.init_from runs it)."""
+    locked config: every override must name an existing key): every released file it names is a
+    model of the config's data (shape, labels, name, latent preset; experiment.check_imported_data);
+    its train.init_from describes the config's network (from the official training arguments) with
+    a method that accepts it (experiment.check_pretrained_method, as train.init_from runs it); its
+    teachers pass the method's own teacher check (teacher_config, as load_frozen runs it)."""
     import types
 
     from conftest import load_config
@@ -620,20 +773,30 @@ def test_documented_commands_start_from_the_released_files(command):
         for part in section.split("."):
             node = node[part]
         node[leaf] = _flag_value(node[leaf], value)  # raises for a key the config lacks
-    file = config.train.init_from
+    classes = {"cifar10": 10}.get(config.data.name, 1000) if config.data.conditional else 0
+    info = DatasetInfo(config.data.name, SHAPES[config.data.name], classes, 0.5, config.data.get("latent_preset"))
+    net = models.build(config.model, data_shape=info.shape, num_classes=classes)
+    method = methods.build(config.method, net, info)
+    exp = types.SimpleNamespace(config=config, method=method, train=config.train, info=info)
+    files = []
+    if config.train.init_from:
+        file = config.train.init_from
+        file_config = _released_config(file)
+        experiment.check_imported_data(file, info, file_config)
+        assert pretrained.architecture_differences(file_config.model.to_dict(), config.model.to_dict(), classes) == []
+        experiment.check_pretrained_method(exp, file_config)
+        files.append(file)
+    teachers = [config.method.get("teacher", "")]
+    if config.method.get("autoguidance", 1.0) != 1.0:
+        teachers.append(config.method.weak_teacher)
+    for file in filter(None, teachers):
+        file_config = _released_config(file)
+        experiment.check_imported_data(file, info, file_config)
+        method.teacher_config(file_config, file)
+        files.append(file)
     if config.method.name == "scm_scd":
-        assert config.method.teacher == file
-    model, shape, num_classes = _released_model(file)
-    classes = {"cifar10": 10, "imagenet64": 1000}[config.data.name] if config.data.conditional else 0
-    assert classes == num_classes
-    assert pretrained.architecture_differences(model, config.model.to_dict(), num_classes) == []
-    info = DatasetInfo(config.data.name, shape, num_classes, 0.5)
-    net = models.build(config.model, data_shape=shape, num_classes=num_classes)
-    exp = types.SimpleNamespace(config=config, method=methods.build(config.method, net, info), train=config.train)
-    file_config = ml_collections.ConfigDict(
-        dict(model=model, data=dict(name=config.data.name), method=dict(name="edm", sigma_d=0.5), pretrained=dict())
-    )
-    experiment.check_pretrained_method(exp, file_config)
+        assert config.method.teacher == config.train.init_from
+    assert files and all(f in RELEASED for f in files)
 
 
 def test_every_config_that_starts_from_a_released_file_has_its_command():
@@ -654,4 +817,8 @@ def test_every_config_that_starts_from_a_released_file_has_its_command():
         "scm_scd_cifar.py",
         "ect_imagenet64.py:adm",
         "sct_imagenet64.py:adm",
+        *(f"ayf_imagenet64.py:{size}" for size in ("s", "m", "l", "xl")),
+        *(f"ayf_imagenet512.py:{size}" for size in ("s", "m", "l", "xl")),
+        *(f"scm_scd_imagenet512.py:{size}" for size in ("s", "m", "l", "xl", "xxl")),
+        "dmf_imagenet256.py",
     }

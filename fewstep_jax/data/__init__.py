@@ -81,13 +81,16 @@ class DatasetInfo:
     (32, 32, 3), (32, 32, 4) latents. num_classes: 0 for unconditional data, else labels are
     0..num_classes-1. data_std: per-element std of the training data (EDM-style preconditioning
     uses it as sigma_data): measured for the embedded datasets, the conventional 0.5 for images
-    in [-1, 1] and 1.0 for scaled VAE latents (sources.py).
+    in [-1, 1] and 1.0 for scaled VAE latents (sources.py). latent_preset: the latents.PRESETS
+    name a prepared latent dataset was made with (None for other data), what a pretrained
+    latent model must have been trained on.
     """
 
     name: str
     shape: tuple[int, ...]
     num_classes: int
     data_std: float
+    latent_preset: str | None = None
 
 
 def _keys(data_cfg: Any) -> list[str]:
@@ -178,8 +181,14 @@ def dataset_info(data_cfg: Any) -> DatasetInfo:
             f"data.conditional=True but {prepared.path} was prepared without labels; "
             "set data.conditional=False or prepare it again with labels"
         )
-    data_std = prepared.latent_preset.data_std if prepared.dataset.is_latent else 0.5
-    return DatasetInfo(name, prepared.shape, prepared.dataset.num_classes if conditional else 0, data_std)
+    latent = prepared.dataset.is_latent
+    return DatasetInfo(
+        name,
+        prepared.shape,
+        prepared.dataset.num_classes if conditional else 0,
+        prepared.latent_preset.data_std if latent else 0.5,
+        prepared.latent_preset.name if latent else None,
+    )
 
 
 def build_dataset(

@@ -5,7 +5,8 @@ flow-map distillation from a flow or diffusion teacher.
 Time convention: the flow-map core's (methods/flowmap.py), t = 1 noise. The student is
 f(x_t, t, s) = x_t + (s - t) F(x_t, t, s), so F = u with s = r; the network is MeanFlow's,
 u(z, t, r) = net(z, t, d = t - r). The teacher velocity v_phi(z, t) (in this convention) comes
-from a frozen run (`method.teacher`, loaded through `load_frozen`) of one parameterization
+from a frozen run or official file (`method.teacher`, loaded through `load_frozen`; NVlabs' EDM /
+EDM2 `.pkl` and SiT / REPA `.pt` files as docs/PRETRAINED.md lists them) of one parameterization
 (`teacher_kind`):
   flow      the suite's flow matching (data time 1 - t, output x0 - e): v = -net(z, 1 - t)
   edm       EDM preconditioning: sigma = t / (1 - t), v = (z - D(z / (1 - t); sigma)) / t, t <= 80/81
@@ -63,9 +64,9 @@ class AlignYourFlow(flowmap.FlowMapMethod):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        teacher: str = ""  # workdir of the teacher run
+        teacher: str = ""  # workdir of the teacher run, or an official file (EDM / EDM2 .pkl, SiT .pt)
         teacher_kind: str = "flow"  # its parameterization: 'flow', 'edm' or 'trigflow'
-        weak_teacher: str = ""  # workdir of the weaker run for autoguidance
+        weak_teacher: str = ""  # workdir (or official file) of the weaker model for autoguidance
         autoguidance: float = 1.0  # lambda: lambda v_phi + (1 - lambda) v_weak; 1 = off
         objective: str = "eulerian"  # or 'lagrangian'
         t_logit_mean: float = -0.4  # (t, s) = max, min of two logit-normal draws (unverified)
@@ -83,7 +84,10 @@ class AlignYourFlow(flowmap.FlowMapMethod):
     def check(self) -> None:
         c = self.cfg
         if not c.teacher:
-            raise ValueError("ayf needs method.teacher: the workdir of a trained flow, EDM or TrigFlow run")
+            raise ValueError(
+                "ayf needs method.teacher: the workdir of a trained flow, EDM or TrigFlow run, or an official "
+                "EDM / EDM2 / SiT file (docs/PRETRAINED.md)"
+            )
         if c.teacher_kind not in TEACHER_KINDS:
             raise ValueError(f"ayf: teacher_kind must be one of {', '.join(TEACHER_KINDS)}, got {c.teacher_kind!r}")
         if c.objective not in OBJECTIVES:
@@ -91,7 +95,9 @@ class AlignYourFlow(flowmap.FlowMapMethod):
         if c.autoguidance < 1.0:
             raise ValueError(f"ayf: autoguidance (lambda) must be >= 1 (1 = off), got {c.autoguidance}")
         if c.autoguidance != 1.0 and not c.weak_teacher:
-            raise ValueError("ayf: autoguidance != 1 needs method.weak_teacher, the workdir of a weaker teacher run")
+            raise ValueError(
+                "ayf: autoguidance != 1 needs method.weak_teacher, the workdir (or official file) of a weaker teacher"
+            )
         if c.t_logit_std <= 0 or c.r_logit_std <= 0 or c.tangent_norm_c < 0:
             raise ValueError("ayf: t_logit_std and r_logit_std must be positive and tangent_norm_c >= 0")
         if not 0.0 <= c.ratio_r_eq_t <= 1.0 or not 0.0 <= c.r_max <= 1.0 or c.tangent_warmup < 0:
@@ -103,35 +109,52 @@ class AlignYourFlow(flowmap.FlowMapMethod):
             raise ValueError("ayf: the student must take the interval h = t - s as `d`: set model.use_d=True")
 
     # -- the teacher -------------------------------------------------------
+    def teacher_config(self, config: Any, source: str) -> Any:
+        """The teacher's config (model, data, method sections) as this method uses it, checked: a
+        run of `teacher_kind`'s parameterization on this data, sampled by its PF-ODE, or an
+        official file (or its import_weights folder) of that parameterization: NVlabs' EDM / EDM2
+        models are EDM-preconditioned ('edm'; with teacher_kind 'trigflow' they go through the
+        exact TrigFlow conversion models.pretrained.as_trigflow, as sCD's teacher does), SiT's and
+        REPA's are 'flow'. Raises a one-line ValueError otherwise."""
+        from fewstep_jax.models import pretrained  # methods stay free of model imports at module level
+
+        c = self.cfg
+        released = "pretrained" in config
+        if released and config.method.name == "edm" and c.teacher_kind == "trigflow":
+            config = pretrained.as_trigflow(config)
+        method = REGISTRY.get(config.method.name)
+        kind = method.parameterization if method is not None else "unknown"
+        what = f"a released {config.pretrained.family!r} file" if released else f"a {config.method.name!r} run"
+        if method is not None and not issubclass(method, ODEMethod):
+            raise ValueError(
+                f"ayf: the teacher at {source} is {what}, not a diffusion or flow model sampled by its PF-ODE"
+            )
+        if kind != c.teacher_kind:
+            fix = f"; set --config.method.teacher_kind={kind}" if kind in TEACHER_KINDS else ""
+            raise ValueError(
+                f"ayf: the teacher at {source} is {what} ({kind} parameterization); "
+                f"method.teacher_kind={c.teacher_kind!r} needs a {c.teacher_kind} one{fix}"
+            )
+        if config.data.name != self.info.name and not (released and not config.data.name):
+            raise ValueError(
+                f"ayf: the teacher at {source} was trained on {config.data.name!r} (this run: {self.info.name!r})"
+            )
+        if kind == "flow" and config.method.get("noise_std", 1.0) != 1.0:
+            raise ValueError(f"ayf: the flow teacher at {source} uses noise_std={config.method.noise_std}, not 1")
+        return config
+
     def load_frozen(self, loader):
-        """{'teacher': EMA params[, 'weak': EMA params]} of the teacher runs, whose networks are built
-        from their configs; each must be a run of `teacher_kind`'s parameterization on this data."""
+        """{'teacher': EMA params[, 'weak': EMA params]} of the teacher runs or files, whose networks
+        are built from their checked configs (teacher_config)."""
         from fewstep_jax import models  # methods stay free of model imports at module level
 
         c = self.cfg
         frozen, self.teachers = {}, {}
-        for key, workdir in (("teacher", c.teacher), ("weak", c.weak_teacher if c.autoguidance != 1.0 else "")):
-            if not workdir:
+        for key, source in (("teacher", c.teacher), ("weak", c.weak_teacher if c.autoguidance != 1.0 else "")):
+            if not source:
                 continue
-            config, params = loader(workdir)
-            method = REGISTRY.get(config.method.name)
-            kind = method.parameterization if method is not None else "unknown"
-            if method is not None and not issubclass(method, ODEMethod):
-                raise ValueError(
-                    f"ayf: the teacher at {workdir} is a {config.method.name!r} run, not a diffusion or flow model "
-                    "sampled by its PF-ODE"
-                )
-            if kind != c.teacher_kind:
-                raise ValueError(
-                    f"ayf: the teacher at {workdir} is a {config.method.name!r} run ({kind} parameterization); "
-                    f"method.teacher_kind={c.teacher_kind!r} needs a {c.teacher_kind} one"
-                )
-            if config.data.name != self.info.name:
-                raise ValueError(
-                    f"ayf: the teacher at {workdir} was trained on {config.data.name!r} (this run: {self.info.name!r})"
-                )
-            if kind == "flow" and config.method.get("noise_std", 1.0) != 1.0:
-                raise ValueError(f"ayf: the flow teacher at {workdir} uses noise_std={config.method.noise_std}, not 1")
+            config, params = loader(source)
+            config = self.teacher_config(config, source)
             net = models.build(config.model, data_shape=self.info.shape, num_classes=self.info.num_classes)
             self.teachers[key] = (net, float(config.method.get("sigma_d", 0.5)))
             frozen[key] = params

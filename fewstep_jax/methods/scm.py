@@ -273,36 +273,49 @@ class SCMDistillation(SCMTraining):
     def guided_teacher(self) -> bool:
         return self.cfg.teacher_guidance_max > 1.0
 
-    def load_frozen(self, loader):
-        """The teacher's EMA network params (and its network, built from its config). An
-        official EDM / EDM2 file (or its import_weights folder) is an EDM-preconditioned
-        denoiser: it is used through the exact TrigFlow conversion (models.pretrained.as_trigflow)."""
-        from fewstep_jax import models  # methods stay free of model imports at module level
+    def teacher_config(self, config: Any, source: str) -> Any:
+        """The teacher's config (model, data, method sections) as this method uses it, checked: a
+        TrigFlow run on this data, or an official EDM / EDM2 file (or its import_weights folder),
+        an EDM-preconditioned denoiser used through the exact TrigFlow conversion
+        (models.pretrained.as_trigflow). Raises a one-line ValueError otherwise."""
         from fewstep_jax.models import pretrained
 
-        config, teacher_params = loader(self.cfg.teacher)
         if "pretrained" in config and config.method.name != self.teacher_method:
             config = pretrained.as_trigflow(config)
             shape, num_classes = tuple(config.pretrained.data_shape), int(config.pretrained.num_classes)
             if (shape, num_classes) != (tuple(self.info.shape), self.info.num_classes):
                 raise ValueError(
-                    f"scm_scd: the teacher {self.cfg.teacher} is a model of shape {shape} with {num_classes} classes "
+                    f"scm_scd: the teacher {source} is a model of shape {shape} with {num_classes} classes "
                     f"(this run: {tuple(self.info.shape)}, {self.info.num_classes} classes)"
+                )
+            if self.guided_teacher:
+                raise ValueError(
+                    f"scm_scd: teacher guidance (method.teacher_guidance_max > 1) needs the teacher's "
+                    f"unconditional output at the null label, and {source} has none: NVlabs' EDM / EDM2 models "
+                    "were trained without label dropout (EDM2 guides with separate unconditional files); set "
+                    "--config.method.teacher_guidance_max=1.0 --config.model.use_d=False"
                 )
         if config.method.name != self.teacher_method:
             raise ValueError(
-                f"scm_scd: the teacher at {self.cfg.teacher} is a {config.method.name!r} run, "
-                f"not {self.teacher_method!r}"
+                f"scm_scd: the teacher at {source} is a {config.method.name!r} run, not {self.teacher_method!r}"
             )
         if config.data.name != self.info.name and not ("pretrained" in config and not config.data.name):
             raise ValueError(
-                f"scm_scd: the teacher at {self.cfg.teacher} was trained on {config.data.name!r} "
-                f"(this run: {self.info.name!r})"
+                f"scm_scd: the teacher at {source} was trained on {config.data.name!r} (this run: {self.info.name!r})"
             )
         if abs(config.method.sigma_d - self.cfg.sigma_d) > 1e-12:
             raise ValueError(
                 f"scm_scd: teacher sigma_d={config.method.sigma_d} differs from method.sigma_d={self.cfg.sigma_d}"
             )
+        return config
+
+    def load_frozen(self, loader):
+        """The teacher's EMA network params (and its network, built from its checked config,
+        teacher_config)."""
+        from fewstep_jax import models  # methods stay free of model imports at module level
+
+        config, teacher_params = loader(self.cfg.teacher)
+        config = self.teacher_config(config, self.cfg.teacher)
         self.teacher_net = models.build(config.model, data_shape=self.info.shape, num_classes=self.info.num_classes)
         return {"teacher": teacher_params}
 

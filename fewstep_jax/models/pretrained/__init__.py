@@ -130,12 +130,16 @@ class Imported:
     family: the REGISTRY key. source: the file it came from. model: the suite's model section
     (models.build(model, data_shape=..., num_classes=...) rebuilds the network). data_shape,
     num_classes: one example's shape (H, W, C) and the label count (0: unconditional).
-    data_name: the suite's dataset of that shape, or None (e.g. EDM2's ImageNet-512 latents).
+    data_name: the suite's dataset of that shape, or None (data no suite dataset holds, e.g. latents
+    normalized in a way none of the suite's presets is).
     method: the method section of the network's parameterization (name, sigma_d, sampling
     schedule), what check_pretrained_method compares and what `sample` uses. sampling: the
     paper's sampler, {'sampler': ..., 'num_steps': ...}. params: the network's flax params
     (nested dicts of float32 numpy arrays). extra: other weights kept from the file (EDM2's
     log-variance head), nested dicts of arrays. summary: what the file holds, for people.
+    latent_preset: for latent models, the data/latents.py preset their latents follow ('edm2' for
+    EDM2's ImageNet-512 files, 'sd' for SiT's and REPA's), LATENT_UNKNOWN when none matches; None
+    for pixel models.
     """
 
     family: str
@@ -149,6 +153,7 @@ class Imported:
     params: dict[str, Any]
     summary: dict[str, Any]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    latent_preset: str | None = None
 
     def build(self, **overrides: Any) -> Any:
         """The suite's network for these params (model section with `overrides`, e.g. dtype)."""
@@ -158,7 +163,8 @@ class Imported:
 
     def config(self) -> Any:
         """A config as experiment.load_pretrained returns for a run: model, data (name and
-        conditional), method, and a `pretrained` section naming the file."""
+        conditional), method, and a `pretrained` section naming the file, its data's shape, label
+        count and latent preset ('' for pixels)."""
         import ml_collections
 
         return ml_collections.ConfigDict(
@@ -171,6 +177,7 @@ class Imported:
                     source=self.source,
                     data_shape=tuple(self.data_shape),
                     num_classes=self.num_classes,
+                    latent_preset=self.latent_preset or "",
                 ),
             )
         )
@@ -307,7 +314,12 @@ def save(imported: Imported, directory: str) -> str:
         family=imported.family,
         source=imported.source,
         model=imported.model,
-        data=dict(name=imported.data_name, shape=list(imported.data_shape), num_classes=imported.num_classes),
+        data=dict(
+            name=imported.data_name,
+            shape=list(imported.data_shape),
+            num_classes=imported.num_classes,
+            latent_preset=imported.latent_preset,
+        ),
         method=imported.method,
         sampling=imported.sampling,
         summary=imported.summary,
@@ -362,6 +374,7 @@ def load_export(directory: str) -> Imported:
         params=tree.get("net", {}),
         summary=meta["summary"],
         extra=tree.get("extra", {}),
+        latent_preset=meta["data"].get("latent_preset"),
     )
 
 
@@ -390,6 +403,39 @@ SUITE_DATASETS = {
 
 def suite_dataset(shape: tuple[int, ...], num_classes: int) -> str | None:
     return SUITE_DATASETS.get((tuple(shape), int(num_classes)))
+
+
+#: (latent shape, label count) -> the suite's latent dataset with that layout (SD VAE latents of
+#: ImageNet at 256 and 512 pixels); which preset normalizes them is Imported.latent_preset.
+LATENT_DATASETS = {((32, 32, 4), 1000): "imagenet256_latents", ((64, 64, 4), 1000): "imagenet512_latents"}
+
+#: Imported.latent_preset of latents normalized as none of the suite's presets.
+LATENT_UNKNOWN = "unknown"
+
+
+def latent_dataset(shape: tuple[int, ...], num_classes: int, preset: str | None) -> str | None:
+    """The suite's latent dataset of this layout when the latents follow one of its presets."""
+    if preset in (None, LATENT_UNKNOWN):
+        return None
+    return LATENT_DATASETS.get((tuple(shape), int(num_classes)))
+
+
+def latent_preset_of(scale: Any, bias: Any) -> str:
+    """The data/latents.py preset whose map latent = z * scale + bias (per channel; EDM2's
+    StabilityVAEEncoder stores scale = 0.5 / raw_std and bias = -raw_mean * scale) this is, or
+    LATENT_UNKNOWN. Float32 storage: equal to 1e-5 relative."""
+    from fewstep_jax.data import latents
+
+    scale, bias = np.asarray(scale, np.float64).ravel(), np.asarray(bias, np.float64).ravel()
+    for preset in latents.PRESETS.values():
+        ours = np.asarray(preset.scale, np.float64)
+        if scale.shape != ours.shape:
+            continue
+        if np.allclose(scale, ours, rtol=1e-5, atol=0) and np.allclose(
+            bias, -np.asarray(preset.shift) * ours, rtol=1e-5, atol=1e-6
+        ):
+            return preset.name
+    return LATENT_UNKNOWN
 
 
 def ema_from_file_name(path: str) -> dict[str, Any] | None:
@@ -501,6 +547,7 @@ def imported(
     params: dict[str, Any],
     summary: Mapping[str, Any],
     extra: dict[str, Any] | None = None,
+    latent_preset: str | None = None,
 ) -> Imported:
     """The Imported of an EDM-preconditioned network (EDM, EDM2): method 'edm' with the file's
     sigma_data and training proposal; the summary's common entries, then the family's."""
@@ -530,6 +577,7 @@ def imported(
         params=params,
         summary={**common, **summary},
         extra=extra or {},
+        latent_preset=latent_preset,
     )
 
 

@@ -569,9 +569,10 @@ def to_convention(config: Mapping[str, Any], params: Any, family: str, conventio
 # ---------------------------------------------------------------------------------------------
 # The importer registry (models/pretrained/__init__.py): `read` and `detect` for torch_save files
 
-#: Latent shape and label count -> the suite's dataset (both DiT / SiT resolutions use the SD
-#: VAE's latents scaled by 0.18215: the 'sd' preset).
-_LATENT_DATASETS = {((32, 32, 4), 1000): "imagenet256_latents", ((64, 64, 4), 1000): "imagenet512_latents"}
+#: The latent preset of DiT's, SiT's and REPA's training data (data/latents.py): SD VAE latents of
+#: [-1, 1] images scaled by 0.18215 (DiT / SiT train.py; REPA train.py latents_scale 0.18215,
+#: latents_bias 0, its preprocessing/encoders.py feeding x / 127.5 - 1 to the VAE).
+LATENT_PRESET = "sd"
 
 
 def detect(path: str) -> str | None:
@@ -600,14 +601,16 @@ def read(path: str, family: str | None):
     `flow` method samples and fine-tunes them. DiT predicts DDPM noise, which no method of the
     suite trains, so it is refused here (its network loads with `load(path, 'dit')`)."""
     from fewstep_jax import recipes
-    from fewstep_jax.models.pretrained import Imported, PretrainedError
+    from fewstep_jax.models.pretrained import Imported, PretrainedError, latent_dataset
 
     family = family or detect(path)
     if family == "dit":
         raise PretrainedError(
             f"{path}: DiT predicts DDPM noise (eps with learned variances), which no method of the suite "
-            "trains or samples; SiT's flow-matching weights (--from=sit) are the DiT-architecture start the "
-            "suite uses. The network itself loads with fewstep_jax.models.pretrained.dit.load(path, 'dit')"
+            "trains or samples, so it cannot be a train.init_from or a teacher; start from SiT-XL-2-256.pt or "
+            "REPA's SiT-XL/2 last.pt instead (the same architecture as a flow-matching velocity field: "
+            "docs/PRETRAINED.md; --from=sit in import_weights). The network itself loads with "
+            "fewstep_jax.models.pretrained.dit.load(path, 'dit')"
         )
     obj = torch_pickle.load_object(path)
     state_dict, _ = select_state_dict(obj, path)
@@ -629,9 +632,10 @@ def read(path: str, family: str | None):
         model=dict(config),
         data_shape=shape,
         num_classes=classes,
-        data_name=_LATENT_DATASETS.get((shape, classes)),
+        data_name=latent_dataset(shape, classes, LATENT_PRESET),
         method=dict(recipes.flow()),
         sampling={"sampler": "euler", "num_steps": 50},
         params=params,
         summary=summary,
+        latent_preset=LATENT_PRESET,
     )

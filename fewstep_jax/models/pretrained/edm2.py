@@ -6,7 +6,10 @@ reconstructions (reconstruct_phema.py) of Precond networks (NVlabs/edm2
 training/networks_edm2.py): EDM preconditioning around the magnitude-preserving UNet, plus the
 log-variance head of EDM2's loss weighting; stored in float16, in an EasyDict with the encoder
 (StandardRGBEncoder for ImageNet-64 pixels, StabilityVAEEncoder for ImageNet-512's 64x64x4
-latents), the dataset's arguments and the loss. The file name carries the training length (kimg)
+latents), the dataset's arguments and the loss. The latent encoder's stored scale and bias tell
+the latent preset (data/latents.py): EDM2's own statistics are the 'edm2' preset, so the
+ImageNet-512 files are models of the suite's imagenet512_latents prepared with
+--latent_preset=edm2. The file name carries the training length (kimg)
 and the EMA's sigma_rel; the pickle does not.
 
 The suite's network is EDM2's UNet with fourier_params=True: the time embedding's MPFourier
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fewstep_jax.models.pretrained import (
+    LATENT_UNKNOWN,
     Imported,
     PretrainedError,
     TensorMap,
@@ -40,6 +44,8 @@ from fewstep_jax.models.pretrained import (
     ema_from_file_name,
     expected_shapes,
     imported,
+    latent_dataset,
+    latent_preset_of,
     suite_dataset,
 )
 from fewstep_jax.models.pretrained.network_pickle import Module
@@ -202,11 +208,19 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
     encoder_name = encoder.class_name if isinstance(encoder, Module) else None
     latent = encoder_name == "StabilityVAEEncoder"
     data_name = None if latent else suite_dataset(shape, num_classes)
+    preset = None
     if latent:
         scale, bias = (np.asarray(encoder.state.get(k, np.nan), np.float64).ravel().tolist() for k in ("scale", "bias"))
+        preset = latent_preset_of(scale, bias)
+        data_name = latent_dataset(shape, num_classes, preset)
+        held = (
+            f"the suite's {data_name} prepared with --latent_preset={preset}"
+            if data_name
+            else (f"latent preset {preset!r}" if preset != LATENT_UNKNOWN else "none of the suite's latent presets")
+        )
         described = (
             f"{shape} latents of {encoder.state.get('vae_name', 'a VAE')} normalized as EDM2 does "
-            f"(latent * {scale} + {bias}); no dataset of the suite holds them"
+            f"(latent * {scale} + {bias}): {held}"
         )
     else:
         described = data_name or f"{shape} images (no dataset of the suite has this shape)"
@@ -237,4 +251,5 @@ def convert(data: Mapping[str, Any], path: str) -> Imported:
         params=tree,
         summary=summary,
         extra={"logvar": head} if head else {},
+        latent_preset=preset,
     )

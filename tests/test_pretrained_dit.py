@@ -409,3 +409,112 @@ def test_registry_imports_sit_and_repa_as_flow_models_and_refuses_dit(monkeypatc
         assert pretrained.load(str(tmp_path / family)).method["name"] == "flow"  # the exported folder
     with pytest.raises(pretrained.PretrainedError, match="DiT predicts DDPM noise"):
         pretrained.import_file(os.path.join(FIXTURES, FILES["dit"]), "dit")
+
+
+# --------------------------------------------------------------------------------------------
+# Decoupled MeanFlow from SiT / REPA (train.init_from, configs/dmf_imagenet256.py)
+
+
+def _dmf_config(family: str, **model):
+    """configs/dmf_imagenet256.py with docs/PRETRAINED.md's flags for `family`'s file, at the
+    fixtures' reduced width and depth (split 1 of 3 conditioned layers)."""
+    from conftest import load_config
+
+    config = load_config("dmf_imagenet256", None)
+    config.model.update(dict(size=None, hidden=TINY["hidden_size"], depth=TINY["depth"], num_heads=HEADS))
+    config.model.update({"dtype": "float32", "time_endpoint": False, "learn_sigma": family == "sit", **model})
+    config.method.split = 1
+    config.train.init_from = os.path.join(FIXTURES, FILES[family])
+    return config
+
+
+def _dmf_experiment(config, preset="sd", dtype="float32"):
+    """What experiment.pretrained_net reads of an experiment (config, train, data info, method,
+    the train state's abstract params), for latents of the fixtures' shape."""
+    import types
+
+    from fewstep_jax import experiment
+    from fewstep_jax.data import DatasetInfo
+
+    info = DatasetInfo("imagenet256_latents", (8, 8, 4), NULL, 1.0, preset)
+    net = models.build(dict(config.model.to_dict(), dtype=dtype), data_shape=info.shape, num_classes=NULL)
+    method = methods.build(config.method, net, info)
+    abstract = types.SimpleNamespace(
+        params=jax.eval_shape(method.init_params, jax.random.PRNGKey(0), experiment.example_batch(info))
+    )
+    return types.SimpleNamespace(config=config, train=config.train, info=info, method=method, abstract_state=abstract)
+
+
+@pytest.fixture
+def heads_from_the_fixture(monkeypatch):
+    import functools
+
+    monkeypatch.setattr(imp, "load", functools.partial(imp.load, num_heads=HEADS))  # the tiny width is not in Table 1
+
+
+@pytest.mark.parametrize("family", ["sit", "sit_repa"])
+def test_dmf_starts_from_sit_and_repa_files_as_their_velocity(golden, heads_from_the_fixture, family):
+    """train.init_from = the SiT / REPA file, checked as restore_or_init checks it before compiling
+    (experiment.pretrained_net): DMF's u(x, t, t) of the initialized network is the official
+    network's velocity in DMF's convention (t = 1 noise): -v_SiT(x, 1 - t) (SiT: t = 1 data,
+    v = x0 - z) and v_REPA(x, t) (REPA: t = 1 noise, v = z - x0), the official outputs of
+    tests/dit_golden.py in float64. DMF's interpolant z_t = (1 - t) x + t e and target e - x are
+    the official paths at those times. For REPA, whose convention the import rewrites inside the
+    weights, the decoupled network at r != t is REPA's own network with t and r fed to its own time
+    embedder (no flip anywhere)."""
+    from fewstep_jax import experiment
+    from fewstep_jax.methods import flowmap
+    from fewstep_jax.models import flowmap_nets
+
+    config = _dmf_config(family)
+    params = experiment.pretrained_net(_dmf_experiment(config))
+    official_time = golden[f"{family}_time"]
+    t = 1.0 - official_time if family == "sit" else official_time
+    sign = -1.0 if family == "sit" else 1.0
+    noise, data = _nhwc(golden["noise"]), _nhwc(golden["data"])
+    z, target = flowmap.noisy(jnp.asarray(data), jnp.asarray(noise), jnp.asarray(t))
+    np.testing.assert_allclose(z, _nhwc(golden[f"{family}_interp_xt"]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(target, sign * _nhwc(golden[f"{family}_interp_ut"]), rtol=0, atol=1e-6)
+    # REPA's weights went through the float64 time flip and were stored in float32: 1e-6 of rounding.
+    tol = 1e-10 if family == "sit" else 1e-5
+    with jax.enable_x64(True):
+        dmf = _dmf_experiment(config, dtype="float64").method
+        p64 = _cast(params, jnp.float64)
+        x, y, tt = jnp.asarray(_nhwc(golden["x"])), jnp.asarray(golden["labels"]), jnp.asarray(t)
+        expected = sign * _nhwc(golden[f"{family}_out"])
+        assert _rel(dmf.flow_map(p64, x, tt, tt, y), expected) <= tol
+        assert _rel(dmf.velocity(p64, x, tt, y), expected) <= tol
+        if family == "sit_repa":
+            r = tt * jnp.asarray([0.0, 0.5, 0.2, 0.9])
+            raw_config, raw, _ = imp.load(config.train.init_from, family)
+            repa = _net(raw_config, dict(data_shape=(8, 8, 4), num_classes=NULL), "float64")
+            own = flowmap_nets.decoupled_apply(repa, {"params": _cast(raw, jnp.float64)}, x, tt, r, y, split=1)
+            ours = dmf.flow_map(p64, x, tt, r, y)
+            assert _rel(ours, own) <= tol
+            assert _rel(ours, expected) > 1e-2  # r reaches the late blocks
+
+
+def test_dmf_refuses_mismatched_files_in_one_line(heads_from_the_fixture):
+    """Before anything is compiled, in one line: a config without the file's flags (names each
+    differing key), latents prepared under another preset, and DiT's noise-prediction weights
+    (with what to use instead)."""
+    from fewstep_jax import experiment
+    from fewstep_jax.models import pretrained
+
+    cases = (
+        (_dmf_config("sit", learn_sigma=False), "sd", r"describes another network than the file's: "
+         r"learn_sigma=True \(file\) vs False \(config\) \(set these with --config\.model\.KEY=VALUE\)$"),
+        (_dmf_config("sit_repa", time_endpoint=True), "sd", r"time_endpoint=False \(file\) vs True \(config\)"),
+        (_dmf_config("sit_repa"), "imf", r"is a model of latents under the 'sd' preset; this config's data "
+         r"'imagenet256_latents' were prepared with 'imf': prepare imagenet256_latents with --latent_preset=sd"),
+    )  # fmt: skip
+    for config, preset, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            experiment.pretrained_net(_dmf_experiment(config, preset))
+        assert "\n" not in str(info.value)
+    config = _dmf_config("sit")
+    config.train.init_from = os.path.join(FIXTURES, FILES["dit"])
+    with pytest.raises(pretrained.PretrainedError, match="DiT predicts DDPM noise") as info:
+        experiment.pretrained_net(_dmf_experiment(config))
+    message = str(info.value)
+    assert "\n" not in message and "train.init_from" in message and "start from SiT-XL-2-256.pt" in message

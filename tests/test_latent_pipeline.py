@@ -123,7 +123,7 @@ def latent_config(files, workdir_steps: int = 4):
 def test_preparation_stores_the_vae_moments_of_the_images_and_their_mirrors(files):
     config = {"name": "celebahq256_latents", "data_dir": files["data_dir"], "latent_preset": "sd", "latent_flips": True}
     info = data.dataset_info(config)
-    assert info == data.DatasetInfo("celebahq256_latents", (32, 32, 4), 0, 1.0)
+    assert info == data.DatasetInfo("celebahq256_latents", (32, 32, 4), 0, 1.0, "sd")
     assert data.num_examples(config, "train") == NUM_IMAGES
     net = vae_lib.AutoencoderKL(vae_lib.TINY)
     x = files["images"].astype(np.float32) / 127.5 - 1

@@ -283,7 +283,7 @@ def test_latent_datasets(prepared):
     moments = prepared["moments"]
     config = cfg("imagenet256_latents", prepared["data_dir"], latent_preset="imf")
     info = data.dataset_info(config)
-    assert info == data.DatasetInfo("imagenet256_latents", (4, 4, 4), 1000, 1.0)
+    assert info == data.DatasetInfo("imagenet256_latents", (4, 4, 4), 1000, 1.0, "imf")
     ref = data.reference_data(config, "train", seed=3)
     mean = moments["values"][..., :4].astype(np.float32)
     np.testing.assert_array_equal(ref["y"], moments["labels"])
@@ -304,7 +304,7 @@ def test_latent_datasets(prepared):
     plain = cfg("celebahq256_latents", prepared["data_dir"])
     whole = data.reference_data(plain, "train")
     np.testing.assert_allclose(whole["x"], prepared["latents"]["values"].astype(np.float32) * 0.18215, rtol=1e-6)
-    assert data.dataset_info(plain) == data.DatasetInfo("celebahq256_latents", (4, 4, 4), 0, 1.0)
+    assert data.dataset_info(plain) == data.DatasetInfo("celebahq256_latents", (4, 4, 4), 0, 1.0, "sd")
 
     with pytest.raises(ValueError, match="not from images.*eval.fid_stats"):
         list(data.iterate_images(config, "train", batch_size=2))

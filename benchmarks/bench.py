@@ -31,12 +31,9 @@ targets (each method's `step_cost_target`) are reported next to the measured rat
 
 from __future__ import annotations
 
-import concurrent.futures
-import gc
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +45,7 @@ from absl import app, flags, logging
 from fewstep_jax import methods as methods_lib
 
 REPO = harness.REPO
+progress, fmt = harness.progress, harness.fmt
 
 #: Model FLOPs utilization to reach on a GPU, per network.
 MFU_TARGETS = {"dit_b2": 0.40}
@@ -78,12 +76,6 @@ flags.DEFINE_string("profile", "", "(internal) measure this method alone and wri
 flags.DEFINE_string("profile_out", "", "(internal) see --profile.")
 flags.DEFINE_string("cache_dir", "", "(internal) the compilation cache shared by the fresh processes.")
 FLAGS = flags.FLAGS
-
-T0 = time.perf_counter()
-
-
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def model_overrides() -> dict:
@@ -149,77 +141,11 @@ def measure_in_fresh_process(method: str, cache_dir: str, out_path: str) -> dict
         return json.load(f)
 
 
-def interleaved_rounds(benches: dict[str, harness.MethodBench]) -> dict[str, list[list[float]]]:
-    """Step times [round][step] per method; round r starts at method r (mod the method count).
-    Python's garbage collector is paused meanwhile, as timeit does, so that no step pays for it."""
-    names = list(benches)
-    times: dict[str, list[list[float]]] = {m: [] for m in names}
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(FLAGS.rounds):
-            start = r % len(names)
-            for m in names[start:] + names[:start]:
-                times[m].append(benches[m].run(FLAGS.steps))
-            progress(
-                f"round {r + 1}/{FLAGS.rounds}: "
-                + ", ".join(f"{m} {statistics.median(times[m][-1]) * 1e3:.0f}" for m in names)
-                + " ms"
-            )
-    finally:
-        gc.enable()
-    return times
-
-
-def sampling_rounds(benches: dict[str, harness.MethodBench]) -> dict[str, list[dict]]:
-    """Images/s of every method's sampler at each of --nfes: all samplers are compiled first (on
-    parallel threads: XLA compiles without holding Python's lock), then --sample_reps rounds time
-    one call of each, round-robin."""
-    nfes = [int(n) for n in FLAGS.nfes]
-    runs = {m: b.samplers(nfes, FLAGS.sample_batch or batch_size()) for m, b in benches.items()}
-    calls = [(m, nfe) for m in runs for nfe in nfes if runs[m][nfe] is not None]
-    progress(f"sampling: compiling {len(calls)} samplers")
-    with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda call: runs[call[0]][call[1]](0), calls))
-    times: dict[tuple[str, int], list[float]] = {call: [] for call in calls}
-    for rep in range(FLAGS.sample_reps):
-        for m, nfe in calls:
-            times[m, nfe].append(runs[m][nfe](rep + 1))
-    progress(f"sampling: timed {FLAGS.sample_reps} rounds")
-    return {
-        m: [sampling_row(nfe, run, times.get((m, nfe), [])) for nfe, run in by_nfe.items()]
-        for m, by_nfe in runs.items()
-    }
-
-
-def sampling_row(nfe: int, run: harness.SamplerRun | None, times: list[float]) -> dict:
-    if run is None:
-        return {"nfe": nfe, "steps": None, "sampler": None, "batch_size": None, "times_s": [], "images_per_s": None}
-    median = statistics.median(times)
-    return {
-        "nfe": nfe,
-        "steps": run.steps,
-        "sampler": run.sampler,
-        "batch_size": run.batch_size,
-        "times_s": times,
-        "median_s": median,
-        "images_per_s": run.batch_size / median,
-    }
-
-
-def quartiles(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) < 2:
-        return xs[0], xs[0], xs[0]
-    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    return q1, statistics.median(xs), q3
-
-
 def method_row(
     method: str, alone: dict, rounds: list[list[float]], flow_rounds: list[list[float]], sampling: list, peak: float
 ) -> dict:
-    times = [t for r in rounds for t in r]
-    flow_median = statistics.median([t for r in flow_rounds for t in r])
-    q1, median, q3 = quartiles(times)
+    stats = harness.step_summary(rounds, flow_rounds, batch_size())
+    median = stats["step_s"]["median"]
     flops = alone["flops_per_step"]
     return {
         "method": method,
@@ -229,11 +155,7 @@ def method_row(
         "compile_s": alone["lower_s"] + alone["compile_s"],
         "lower_s": alone["lower_s"],
         "xla_compile_s": alone["compile_s"],
-        "step_times_s": times,
-        "step_s": {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(times)},
-        "images_per_s": batch_size() / median,
-        "ratio_to_flow": median / flow_median,
-        "round_ratios": [statistics.median(r) / statistics.median(f) for r, f in zip(rounds, flow_rounds)],
+        **stats,
         "target_ratio": methods_lib.REGISTRY[method].step_cost_target,
         "flops_per_step": flops,
         "tflops_per_s": flops / median / 1e12 if flops else None,
@@ -244,10 +166,6 @@ def method_row(
         "xla_memory_mib": alone["xla_memory_mib"],
         "sampling": sampling,
     }
-
-
-def fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
 
 
 def markdown(report: dict) -> str:
@@ -349,8 +267,9 @@ def measure(methods: list[str], scratch: str) -> dict:
             else:
                 alone[m] = measure_alone(bench, memory=False)
                 report_alone(m, alone[m])
-        rounds = interleaved_rounds(benches)
-        sampling = sampling_rounds(benches)
+        rounds = harness.interleaved_rounds(benches, FLAGS.rounds, FLAGS.steps)
+        nfes = [int(n) for n in FLAGS.nfes]
+        sampling = harness.sampling_rounds(benches, nfes, FLAGS.sample_batch or batch_size(), FLAGS.sample_reps)
         model = benches[methods[0]].config.model
         peak, peak_source = harness.peak_tflops(model.get("dtype", "float32"), FLAGS.peak_tflops)
         return {
@@ -412,7 +331,7 @@ def main(argv):
         "schema": 1,
         "command": "python benchmarks/bench.py" + "".join(f" {a}" for a in sys.argv[1:]),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
-        "wall_s": time.perf_counter() - T0,
+        "wall_s": time.perf_counter() - harness.T0,
         "settings": settings(),
         "reference": harness.REFERENCE,
         "mfu_target": MFU_TARGETS.get(FLAGS.network),

@@ -15,12 +15,15 @@ dataset has to be prepared; batches are made before timing and never count.
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import os
 import platform
 import re
 import resource
+import statistics
 import sys
 import time
 from typing import Any, Iterator
@@ -46,6 +49,13 @@ REFERENCE = "flow"
 #: Distinct batches cycled through by the timed steps.
 NUM_BATCHES = 4
 TEACHER_SEED = 1
+
+T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, with the seconds since this module was imported."""
+    print(f"[{time.perf_counter() - T0:6.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +314,18 @@ def device_peak_mib() -> float | None:
     return stats["peak_bytes_in_use"] / 2**20
 
 
+def memory_plan(compiled: Any) -> dict[str, float] | None:
+    """XLA's memory plan of a compiled program in MiB: arguments, outputs, outputs aliasing
+    (donated) arguments, temporaries, and total = arguments + temporaries + outputs - aliased, the
+    most the program holds at once. None where the backend gives no plan."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    sizes = {k: getattr(memory, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "alias", "temp")}
+    sizes["total"] = sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]
+    return sizes
+
+
 def steps_for_nfe(method: methods_lib.Method, nfe: int, sampler: str) -> tuple[int, str] | None:
     """(step count, sampler) that makes exactly `nfe` network evaluations with the method's
     configured sampler, else with Euler; None when the method cannot."""
@@ -355,10 +377,13 @@ class MethodBench:
         batch_size: int,
         workdir: str,
         model_overrides: dict[str, Any] | None = None,
+        shape: tuple[int, ...] | None = None,
     ):
+        """`shape`: the random batches' example shape instead of the network's (a smaller image)."""
         self.name = method
         self.config, self.notes = bench_config(method, network, batch_size, model_overrides or {})
-        with random_batches(NETWORKS[network]):
+        data = NETWORKS[network] if shape is None else dataclasses.replace(NETWORKS[network], shape=tuple(shape))
+        with random_batches(data):
             self.exp = experiment.setup(self.config, os.path.join(workdir, method))
         with unoptimized_compilation():
             if attach_random_teacher(self.exp):
@@ -370,29 +395,32 @@ class MethodBench:
             sharding.global_batch(next(self.exp.iterator), self.exp.batch_sharding) for _ in range(NUM_BATCHES)
         ]
         self.num_params = models.count_params(self.state.params["net"])
+        self.lowered = None
+        self.lower_s = None
         self.compiled = None
         self.cursor = 0
 
-    def compile(self) -> dict[str, Any]:
-        """Ahead-of-time lower + compile of the train step; its FLOPs and XLA's memory plan."""
+    def lower(self) -> None:
+        """Traces and lowers the train step (holds Python's lock; compile() then need not)."""
         start = time.perf_counter()
-        lowered = self.step.lower(self.state, self.batches[0])
-        lowered_at = time.perf_counter()
-        self.compiled = lowered.compile()
+        self.lowered = self.step.lower(self.state, self.batches[0])
+        self.lower_s = time.perf_counter() - start
+
+    def compile(self) -> dict[str, Any]:
+        """Ahead-of-time lower (unless lower() did) + compile of the train step; its FLOPs and XLA's
+        memory plan. XLA compiles without Python's lock, so several benches may compile on threads."""
+        if self.lowered is None:
+            self.lower()
+        start = time.perf_counter()
+        self.compiled = self.lowered.compile()
         done = time.perf_counter()
         cost = first_cost(self.compiled.cost_analysis())
         flops = cost.get("flops") if cost else None
-        memory = self.compiled.memory_analysis()
-        plan = None
-        if memory is not None:
-            plan = {
-                k: getattr(memory, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "alias", "temp")
-            }
         return {
-            "lower_s": lowered_at - start,
-            "compile_s": done - lowered_at,
+            "lower_s": self.lower_s,
+            "compile_s": done - start,
             "flops_per_step": float(flops) if flops and flops > 0 else None,
-            "xla_memory_mib": plan,
+            "xla_memory_mib": memory_plan(self.compiled),
         }
 
     def run(self, num_steps: int) -> list[float]:
@@ -426,6 +454,97 @@ class MethodBench:
         self.exp.checkpointer.close()
 
 
+def interleaved_rounds(benches: dict[str, MethodBench], rounds: int, steps: int) -> dict[str, list[list[float]]]:
+    """Step times [round][step] per method: every round gives each method `steps` single steps,
+    round-robin from method r (mod the method count) in round r, so drift of the machine falls on
+    all methods alike. Python's garbage collector is paused meanwhile, as timeit does, so that no
+    step pays for it."""
+    names = list(benches)
+    times: dict[str, list[list[float]]] = {m: [] for m in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            start = r % len(names)
+            for m in names[start:] + names[:start]:
+                times[m].append(benches[m].run(steps))
+            progress(
+                f"round {r + 1}/{rounds}: "
+                + ", ".join(f"{m} {statistics.median(times[m][-1]) * 1e3:.0f}" for m in names)
+                + " ms"
+            )
+    finally:
+        gc.enable()
+    return times
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile), inclusive method."""
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, statistics.median(xs), q3
+
+
+def step_summary(rounds: list[list[float]], flow_rounds: list[list[float]] | None, batch_size: int) -> dict:
+    """The statistics of one method's timed steps ([round][step]) next to the reference's from the
+    same rounds (None: no reference, so no ratios)."""
+    times = [t for r in rounds for t in r]
+    q1, median, q3 = quartiles(times)
+    out = {
+        "step_times_s": times,
+        "step_s": {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(times)},
+        "images_per_s": batch_size / median,
+        "ratio_to_flow": None,
+        "round_ratios": None,
+    }
+    if flow_rounds:
+        out["ratio_to_flow"] = median / statistics.median([t for r in flow_rounds for t in r])
+        out["round_ratios"] = [statistics.median(r) / statistics.median(f) for r, f in zip(rounds, flow_rounds)]
+    return out
+
+
+def sampling_rounds(
+    benches: dict[str, MethodBench], nfes: list[int], batch_size: int, reps: int, threads: int = 0
+) -> dict[str, list[dict]]:
+    """Images/s of every method's sampler at each of `nfes`: all samplers are compiled first (on
+    `threads` parallel threads, 0: up to 4; XLA compiles without holding Python's lock), then
+    `reps` rounds time one call of each, round-robin."""
+    runs = {m: b.samplers(nfes, batch_size) for m, b in benches.items()}
+    calls = [(m, nfe) for m in runs for nfe in nfes if runs[m][nfe] is not None]
+    progress(f"sampling: compiling {len(calls)} samplers")
+    with concurrent.futures.ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda call: runs[call[0]][call[1]](0), calls))
+    times: dict[tuple[str, int], list[float]] = {call: [] for call in calls}
+    for rep in range(reps):
+        for m, nfe in calls:
+            times[m, nfe].append(runs[m][nfe](rep + 1))
+    progress(f"sampling: timed {reps} rounds")
+    return {
+        m: [sampling_row(nfe, run, times.get((m, nfe), [])) for nfe, run in by_nfe.items()]
+        for m, by_nfe in runs.items()
+    }
+
+
+def sampling_row(nfe: int, run: SamplerRun | None, times: list[float]) -> dict:
+    if run is None:
+        return {"nfe": nfe, "steps": None, "sampler": None, "batch_size": None, "times_s": [], "images_per_s": None}
+    median = statistics.median(times)
+    return {
+        "nfe": nfe,
+        "steps": run.steps,
+        "sampler": run.sampler,
+        "batch_size": run.batch_size,
+        "times_s": times,
+        "median_s": median,
+        "images_per_s": run.batch_size / median,
+    }
+
+
+def fmt(value: Any, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
 #: Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, by device-kind substring and
 #: compute dtype; the first match wins.
 DATASHEET_TFLOPS = (
@@ -437,10 +556,19 @@ DATASHEET_TFLOPS = (
 )
 
 
-def measured_matmul_tflops(dtype: str, reps: int = 5) -> float:
-    """TFLOP/s of one square matmul in `dtype` (n = 8192 on accelerators, 2048 on CPU): the
-    throughput this device reaches on the easiest kernel, a lower bound on its peak."""
-    n = 2048 if jax.default_backend() == "cpu" else 8192
+def datasheet_tflops(device_kind: str, dtype: str) -> float | None:
+    """Dense peak TFLOP/s of a known accelerator in `dtype` from DATASHEET_TFLOPS, else None."""
+    for name, dt, value in DATASHEET_TFLOPS:
+        if name in device_kind and dt == dtype:
+            return value
+    return None
+
+
+def measured_matmul_tflops(dtype: str, reps: int = 5, n: int = 0) -> float:
+    """TFLOP/s of one square n x n matmul in `dtype` (n 0: 8192 on accelerators, 2048 on CPU),
+    median of `reps` calls after one warm-up call: the throughput this device reaches on the
+    easiest kernel, a lower bound on its peak."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jnp.ones((n, n), getattr(jnp, dtype))
     matmul = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
     jax.block_until_ready(matmul(a, a))
@@ -458,8 +586,8 @@ def peak_tflops(dtype: str, given: float = 0.0) -> tuple[float, str]:
     if given > 0:
         return given, "given (--peak_tflops)"
     kind = jax.devices()[0].device_kind
-    for name, dt, value in DATASHEET_TFLOPS:
-        if name in kind and dt == dtype:
-            return value, f"datasheet dense {dtype} peak of {kind}"
+    value = datasheet_tflops(kind, dtype)
+    if value is not None:
+        return value, f"datasheet dense {dtype} peak of {kind}"
     value = measured_matmul_tflops(dtype)
     return value, f"measured {dtype} matmul on this device (a lower bound on its peak, so MFU is an upper bound)"

@@ -125,12 +125,7 @@ flags.DEFINE_bool(
 flags.DEFINE_string("part_out", "", "(internal) measure the one run and policy given, write its row here.")
 FLAGS = flags.FLAGS
 
-T0 = time.perf_counter()
-MIB = 2**20
-
-
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.0f} s] {message}", file=sys.stderr, flush=True)
+progress = harness.progress
 
 
 def run_config(run: Run, remat: str, batch: int) -> ml_collections.ConfigDict:
@@ -146,14 +141,6 @@ def run_config(run: Run, remat: str, batch: int) -> ml_collections.ConfigDict:
     return config
 
 
-def plan(compiled) -> dict[str, float]:
-    m = compiled.memory_analysis()
-    sizes = {k: getattr(m, f"{k}_size_in_bytes") / MIB for k in ("argument", "output", "alias", "temp")}
-    # Peak of the plan: inputs, temporaries and the outputs that do not reuse (donated) inputs.
-    sizes["total"] = sizes["argument"] + sizes["temp"] + sizes["output"] - sizes["alias"]
-    return sizes
-
-
 def train_step_plan(run: Run, remat: str, workdir: str) -> tuple[dict[str, float], float, int]:
     """(memory plan, compile seconds, parameter count) of the full training step, compiled only."""
     config = run_config(run, remat, FLAGS.memory_batch)
@@ -166,7 +153,7 @@ def train_step_plan(run: Run, remat: str, workdir: str) -> tuple[dict[str, float
         compiled = lowered.compile(compiler_options=KEEP_REMAT_BARRIERS)
         seconds = time.perf_counter() - start
         count = sum(leaf.size for leaf in jax.tree.leaves(exp.abstract_state.params["net"]))
-        return plan(compiled), seconds, int(count)
+        return harness.memory_plan(compiled), seconds, int(count)
     finally:
         exp.checkpointer.close()
 
@@ -210,7 +197,7 @@ def timed_gradient(run: Run, remat: str, workdir: str) -> dict:
         start = time.perf_counter()
         lowered = jax.jit(loss_and_grad).lower(params, extra, batches[0], 0)
         compiled = lowered.compile(compiler_options=KEEP_REMAT_BARRIERS)
-        out = {"plan": plan(compiled), "compile_s": time.perf_counter() - start}
+        out = {"plan": harness.memory_plan(compiled), "compile_s": time.perf_counter() - start}
         available = available_mib() if jax.default_backend() == "cpu" else None
         if available is not None and out["plan"]["total"] > FLAGS.max_memory_fraction * available:
             out["skipped"] = f"needs {gib(out['plan']['total'])} GiB, {gib(available)} GiB available"
@@ -336,7 +323,7 @@ def main(argv):
     report = {
         "schema": 1,
         "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "wall_s": time.perf_counter() - T0,
+        "wall_s": time.perf_counter() - harness.T0,
         "machine": harness.describe_machine(),
         "settings": {
             "memory_batch": FLAGS.memory_batch,

@@ -9,9 +9,11 @@ PYTEST_ARGS  ?= -n 2
 BENCH_ARGS   ?=
 MEMORY_ARGS  ?=
 LATENT_BENCH_ARGS ?=
+ACCELERATOR_ARGS ?=
+INPUT_BENCH_ARGS ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: install demo test bench bench-latent bench-memory reproduce clean
+.PHONY: install demo test bench bench-accelerator bench-input bench-latent bench-memory reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fewstep_jax needs Python >= 3.11"'
@@ -37,6 +39,21 @@ test: $(STAMP)
 # More: make bench BENCH_ARGS='--rounds=20 --steps=4 --batch=128', or --network=ddpmpp / dit_b2 on a GPU.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# One command on one GPU (about 8 minutes on an H100 / H200): step time, images/s, compile time,
+# memory and MFU of flow, ECT, SCT, sCT, MeanFlow and shortcut on DDPM++ (fp32, bf16) and DiT-B/2
+# (bf16), sampling at 1 and 2 NFE, and the issue's targets; writes
+# benchmarks/results/accelerator_<device>.{json,md}. With the PyTorch peers:
+# make bench-accelerator ACCELERATOR_ARGS='--peers=PEERS_DIR --peers_python=PYTHON_WITH_TORCH'.
+# On a CPU: ACCELERATOR_ARGS=--tiny (tiny shapes: checks that every stage runs).
+bench-accelerator: $(STAMP)
+	$(BIN)/python benchmarks/accelerator.py $(ACCELERATOR_ARGS)
+
+# Images/s of the CIFAR-10, ImageNet-64 and latent readers per CPU core on generated data in the
+# real formats, against the rate a GPU consumes; writes benchmarks/results/input_bench_<machine>.{json,md}.
+# A few minutes on 2 cores; with a GPU report: INPUT_BENCH_ARGS='--accelerator_json=benchmarks/results/X.json'.
+bench-input: $(STAMP)
+	$(BIN)/python benchmarks/input_bench.py $(INPUT_BENCH_ARGS)
 
 # Throughput of the latent path: VAE encode / decode, DINOv2 and Inception features at full size
 # (random weights), with compile time, XLA's memory plan and the cost of FID-50k of a latent model;

@@ -472,7 +472,10 @@ def why_missing(report: dict, stage: str, method: str) -> str:
     record = report["stages"].get(stage)
     if record is None or record["status"] == "not run":
         return f"{stage} not run" + (f" ({record['reason']})" if record else "")
-    row = stage_rows(report, stage).get(method) or {}
+    rows = stage_rows(report, stage)
+    if rows and method not in rows:
+        return f"{method} not in --methods"
+    row = rows.get(method) or {}
     if row.get("error"):
         return f"{stage} {method}: {row['error'][:120]}"
     return f"{stage} {record['status']}" + (f" ({record['reason'][:120]})" if record.get("reason") else "")

@@ -338,10 +338,7 @@ def main(argv):
         **measured,
     }
     tag = FLAGS.tag or f"{harness.machine_tag(report['machine'])}-{FLAGS.network}"
-    table = markdown(report)
-    base = harness.write_report(FLAGS.out_dir, f"bench_{tag}", report, table)
-    print(table)
-    progress(f"wrote {base}.json and {base}.md")
+    harness.publish_report(FLAGS.out_dir, f"bench_{tag}", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -241,6 +241,14 @@ def write_report(out_dir: str, name: str, report: dict, table: str) -> str:
     return base
 
 
+def publish_report(out_dir: str, name: str, report: dict, table: str) -> str:
+    """write_report, then the table on stdout and where the files went on stderr."""
+    base = write_report(out_dir, name, report, table)
+    print(table)
+    progress(f"wrote {base}.json and {base}.md")
+    return base
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """KEY=VALUE strings -> {KEY: VALUE}, VALUE read as a Python literal where it is one."""
     out = {}

@@ -297,10 +297,7 @@ def main(argv):
         "rows": rows,
     }
     tag = FLAGS.tag or harness.machine_tag(report["machine"])
-    table = markdown(report)
-    base = harness.write_report(FLAGS.out_dir, f"input_bench_{tag}", report, table)
-    print(table)
-    progress(f"wrote {base}.json and {base}.md")
+    harness.publish_report(FLAGS.out_dir, f"input_bench_{tag}", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -49,11 +49,7 @@ PRECISIONS = {
     "fp32": (jnp.float32, jax.lax.Precision.DEFAULT),
     "bf16": (jnp.bfloat16, jax.lax.Precision.DEFAULT),
 }
-T0 = time.perf_counter()
-
-
-def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.0f} s] {message}", file=sys.stderr, flush=True)
+progress = harness.progress
 
 
 def network(part: str, dtype, precision, resolution: int):
@@ -197,10 +193,7 @@ def main(argv):
     }
     report["fid_cost"] = fid_cost(rows)
     tag = FLAGS.tag or harness.machine_tag(report["machine"])
-    table = markdown(report)
-    base = harness.write_report(FLAGS.out_dir, f"latent_bench_{tag}", report, table)
-    print(table)
-    progress(f"wrote {base}.json and {base}.md")
+    harness.publish_report(FLAGS.out_dir, f"latent_bench_{tag}", report, markdown(report))
 
 
 if __name__ == "__main__":

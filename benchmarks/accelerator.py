@@ -224,6 +224,8 @@ def model_stage(stage: str, out_path: str) -> None:
                 rows[m].update(num_params=bench.num_params, notes=bench.notes)
             compile_methods(stage, benches, rows, lambda: save("compiling"))
             save("compiled")
+            if not benches:
+                raise RuntimeError("no method set up and compiled; see each method's error")
             for m in list(benches):
                 benches[m].run(setting("warmup", 1))
             rounds = harness.interleaved_rounds(benches, setting("rounds", 1), setting("steps", 2))

@@ -60,3 +60,21 @@ def test_memory_bench_refuses_unknown_runs_and_bad_overrides():
             [sys.executable, "benchmarks/memory.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_attention_memory_table_holds_each_kind_and_length(tmp_path):
+    """benchmarks/attention_memory.py writes one row per (function, kind) with a plan per length, and
+    its plans tell the kinds apart: at 2,048 tokens (four blocks of 512) einsum's jvp holds the
+    [tokens, tokens] weights (16 MiB in float32) and the blockwise rule does not."""
+    cmd = [sys.executable, "benchmarks/attention_memory.py", "--tokens=512,2048", "--head_dim=8",
+           "--kinds=einsum,blockwise", f"--out_dir={tmp_path}"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
+    (name,) = [n for n in os.listdir(tmp_path) if n.endswith(".json")]
+    report = json.load(open(tmp_path / name))
+    rows = {(r["function"], r["kind"]): r["temp_mib"] for r in report["rows"]}
+    assert set(rows) == {(f, k) for f in ("jvp", "grad of jvp") for k in ("einsum", "blockwise")}
+    matrix_mib = 2048 * 2048 * 4 / 2**20
+    assert rows["jvp", "einsum"]["2048"] >= matrix_mib > rows["jvp", "blockwise"]["2048"]
+    assert rows["grad of jvp", "einsum"]["2048"] > rows["grad of jvp", "blockwise"]["2048"]
+    table = open(tmp_path / name.replace(".json", ".md")).read()
+    assert "| jvp: `blockwise` |" in table and "2,048 tokens" in table

@@ -92,11 +92,20 @@ def test_peers_are_not_run_without_torch(tmp_path):
 def test_tiny_run_reports_every_stage_with_its_own_statistics(tmp_path):
     peers, python = stand_in_peers(tmp_path)
     methods = ["flow", "ect", "meanflow"]
-    report, table, stderr = run(tmp_path, "--methods=ect,meanflow", f"--peers={peers}", f"--peers_python={python}")
+    # ddpmpp_fp32 runs the same code as ddpmpp_bf16 in another dtype: left out to keep the test short
+    # (test_a_crashing_and_a_hanging_stage_leave_the_other_stages_written records it as not run).
+    report, table, stderr = run(
+        tmp_path,
+        "--methods=ect,meanflow",
+        "--stages=matmul,dit_b2_bf16,ddpmpp_bf16,peers",
+        f"--peers={peers}",
+        f"--peers_python={python}",
+    )
     stages = report["stages"]
-    assert all(r["status"] == "ok" for name, r in stages.items() if name != "peers"), stages
+    assert all(r["status"] == "ok" for name, r in stages.items() if name not in ("peers", "ddpmpp_fp32")), stages
+    assert stages["ddpmpp_fp32"]["status"] == "not run"
     measured = stages["matmul"]["result"]["measured_tflops"]
-    for name in ("dit_b2_bf16", "ddpmpp_bf16", "ddpmpp_fp32"):
+    for name in ("dit_b2_bf16", "ddpmpp_bf16"):
         result = stages[name]["result"]
         assert result["phase"] == "done" and result["batch_size"] == 32
         rows = result["methods"]
@@ -132,7 +141,7 @@ def test_tiny_run_reports_every_stage_with_its_own_statistics(tmp_path):
     ours = stages["ddpmpp_bf16"]["result"]["methods"]["ect"]["images_per_s"]
     assert ect["value"] == pytest.approx(ours / PEER_RATES["ect_ddpmpp/bf16"], rel=1e-12)
     assert ect["met"] == (ect["value"] >= 1.2)
-    for name in ("dit_b2_bf16", "ddpmpp_bf16", "ddpmpp_fp32"):
+    for name in ("dit_b2_bf16", "ddpmpp_bf16"):
         ratio = stages[name]["result"]["methods"]["meanflow"]["ratio_to_flow"]
         t = targets[f"{name} meanflow: step time / flow"]
         assert t["value"] == ratio and t["met"] == (ratio <= 1.25)
@@ -150,7 +159,8 @@ def test_tiny_run_reports_every_stage_with_its_own_statistics(tmp_path):
     pairs = {(c["ours"], c["peer"]): c for c in report["peer_comparisons"]}
     for (ours_name, peer), c in pairs.items():
         stage, method = ours_name.split("/")
-        row = stages[stage]["result"]["methods"].get(method)
+        result = stages[stage]["result"]
+        row = result["methods"].get(method) if result else None  # None: the stage did not run
         if row is None or peer not in PEER_RATES:
             assert c["ratio"] is None
         else:

@@ -425,6 +425,51 @@ def test_resample_matches_pooling_nearest_and_the_fir_definition():
     np.testing.assert_allclose(got, up_1d(up_1d(x, 1), 2), rtol=1e-5, atol=1e-6)
 
 
+def _fir_matrix(n: int, fir, mode: str, pad: int) -> np.ndarray:
+    """The 1-D resampling of a length-n signal as a dense float64 matrix, from the definitions:
+    down y[i] = sum_k f[k] v[2 i + k - pad]; up (the transposed map) v[i] adds 2 f[k] into
+    y[2 i + k - pad]; f = fir / sum(fir), zero outside the signal."""
+    f = np.asarray(fir, np.float64) / np.sum(fir)
+    if mode == "down":
+        m = np.zeros(((n + 2 * pad - len(f)) // 2 + 1, n))
+        for i in range(m.shape[0]):
+            for k, tap in enumerate(f):
+                if 0 <= 2 * i + k - pad < n:
+                    m[i, 2 * i + k - pad] += tap
+        return m
+    m = np.zeros((2 * n + len(f) - 2 - 2 * pad, n))
+    for i in range(n):
+        for k, tap in enumerate(f):
+            if 0 <= 2 * i + k - pad < m.shape[0]:
+                m[2 * i + k - pad, i] += 2 * tap
+    return m
+
+
+@pytest.mark.parametrize(
+    "mode, fir, padding",
+    [("down", (1, 1), None), ("up", (1, 1), None), ("down", (1, 3, 3, 1), None), ("up", (1, 3, 3, 1), None),
+     ("down", (1, 3, 3, 1), 0), ("down", (2, 1, 1, 3), None), ("up", (1, 2), None)],
+)
+def test_resample_and_its_gradient_match_the_dense_float64_operator(mode, fir, padding):
+    """resample(x) = M x M^T per channel and its vjp is g -> M^T g M, with M the 1-D operator
+    written out in float64 (_fir_matrix); also non-symmetric filters, odd sizes and padding=0."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    pad = (len(fir) - 1) // 2 if padding is None else padding
+    m = _fir_matrix(7, fir, mode, pad)
+    want = np.einsum("ih,bhwc,jw->bijc", m, x.astype(np.float64), m)
+    got, vjp = jax.vjp(lambda v: layers.resample(v, mode, fir, padding), jnp.asarray(x))
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    g = rng.standard_normal(want.shape)
+    (grad,) = vjp(jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(np.asarray(grad), np.einsum("ih,bijc,jw->bhwc", m, g, m), rtol=1e-5, atol=1e-6)
+    # A tangent pushes forward through the same linear map; bfloat16 stays bfloat16.
+    _, tangent = jax.jvp(lambda v: layers.resample(v, mode, fir, padding), (jnp.asarray(x),), (jnp.asarray(x),))
+    np.testing.assert_allclose(np.asarray(tangent), want, rtol=1e-5, atol=1e-6)
+    assert layers.resample(jnp.asarray(x, jnp.bfloat16), mode, fir, padding).dtype == jnp.bfloat16
+
+
 def _analytic_ddpmpp_params(channels: int, mult, blocks: int, attn, res: int, img: int) -> int:
     """Parameter count of EDM's DDPM++ (SongUNet) as described (independent of the Flax code):
     biased 3x3 / 1x1 convs, GroupNorm scale + bias, one embedding Linear per block (no adaptive

@@ -143,44 +143,70 @@ def resample(x: Array, mode: str, fir: tuple[int, ...] = (1, 1), padding: int | 
       'keep': x unchanged.
     `padding` replaces (len(f) - 1) // 2 (e.g. 0 for 'down' after a convolution that padded
     for the filter as well: EDM's fused_resample).
-    A plain (grouped) convolution, so jax.jvp and jax.grad go through it.
+
+    The 2-D filter is separable, so each axis is filtered in turn with len(f) strided slices
+    (down) or a zero-interleaving pad and len(f) slices (up), summed with the taps as weights, in
+    at least float32 and cast back to x's dtype. This is the same linear map as the depthwise
+    (transposed) convolution, but XLA fuses it into elementwise loops: on XLA:CPU a depthwise
+    convolution with C groups, and above all the input-dilated one that 'up' and the gradient of
+    'down' need, costs about as much as a dense 3x3 convolution of the same width. Slices and
+    pads are linear, so jax.jvp and jax.grad go through.
     """
     if mode not in RESAMPLE_MODES:
         raise ValueError(f"resample mode must be one of {RESAMPLE_MODES}, got {mode!r}")
     if mode == "keep":
         return x
-    f = jnp.asarray(fir, jnp.float32)
-    if f.ndim != 1 or f.shape[0] % 2 or f.shape[0] < 2:
-        raise ValueError(f"the resampling filter must have an even length >= 2, got {fir}")
-    f = f / jnp.sum(f)
-    size = f.shape[0]
+    taps = [float(v) for v in fir]
+    total = math.fsum(taps)
+    if len(taps) % 2 or len(taps) < 2 or total == 0.0:
+        raise ValueError(f"the resampling filter must have an even length >= 2 and a nonzero sum, got {fir}")
+    size = len(taps)
     pad = (size - 1) // 2 if padding is None else int(padding)
-    channels = x.shape[-1]
-    kernel = jnp.outer(f, f)
-    dims = ("NHWC", "HWIO", "NHWC")
-    if mode == "down":
-        kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (2, 2),
-            ((pad, pad), (pad, pad)),
-            dimension_numbers=dims,
-            feature_group_count=channels,
-        )
-    # Transposed convolution = correlation of the 2x-dilated input with the flipped kernel.
-    kernel = 4.0 * kernel[::-1, ::-1]
-    kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
-    edge = size - 1 - pad
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        (1, 1),
-        ((edge, edge), (edge, edge)),
-        lhs_dilation=(2, 2),
-        dimension_numbers=dims,
-        feature_group_count=channels,
-    )
+    compute = at_least_float32(x.dtype)
+    h = x.astype(compute)
+    for axis in (1, 2):
+        if mode == "down":
+            h = _fir_down(h, [v / total for v in taps], pad, axis)
+        else:
+            # Transposed convolution = correlation of the 2x-dilated input with the flipped
+            # filter (times 2 per axis: 4 outer(f, f) in 2-D), padded by size - 1 - pad.
+            h = _fir_up(h, [2.0 * v / total for v in reversed(taps)], size - 1 - pad, axis)
+    return h.astype(x.dtype)
+
+
+def _fir_down(h: Array, taps: list[float], pad: int, axis: int) -> Array:
+    """y[i] = sum_k taps[k] h[2 i + k - pad] along `axis` (zero outside h)."""
+    size = len(taps)
+    widths = [(0, 0, 0)] * h.ndim
+    widths[axis] = (pad, pad, 0)
+    h = jax.lax.pad(h, jnp.zeros((), h.dtype), widths)
+    out_len = (h.shape[axis] - size) // 2 + 1
+    return _weighted_slices(h, taps, axis, out_len, stride=2)
+
+
+def _fir_up(h: Array, taps: list[float], edge: int, axis: int) -> Array:
+    """Correlation of h with one zero between neighbours along `axis` (and `edge` zeros at both
+    ends) with `taps`: the 1-D transposed convolution with stride 2."""
+    size = len(taps)
+    widths = [(0, 0, 0)] * h.ndim
+    widths[axis] = (edge, edge, 1)
+    h = jax.lax.pad(h, jnp.zeros((), h.dtype), widths)
+    return _weighted_slices(h, taps, axis, h.shape[axis] - size + 1, stride=1)
+
+
+def _weighted_slices(h: Array, taps: list[float], axis: int, out_len: int, stride: int) -> Array:
+    """sum_k taps[k] h[k + stride * i] along `axis`, i = 0..out_len - 1; zero taps are skipped."""
+    out = None
+    for k, tap in enumerate(taps):
+        if tap == 0.0:
+            continue
+        part = jax.lax.slice_in_dim(h, k, k + stride * (out_len - 1) + 1, stride, axis) * jnp.asarray(tap, h.dtype)
+        out = part if out is None else out + part
+    if out is None:
+        shape = list(h.shape)
+        shape[axis] = out_len
+        return jnp.zeros(shape, h.dtype)
+    return out
 
 
 def check_square_input(x: Array, levels: int, network: str) -> None:

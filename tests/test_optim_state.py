@@ -108,3 +108,20 @@ def test_replace_nonfinite_is_torch_nan_to_num_with_edm_bounds():
     st, _ = state.apply_gradients(st, {"w": fixed["a"]}, jnp.array(jnp.nan), tx, {}, check_loss=False)
     assert int(st.nonfinite[0]) == -1  # the loss is not checked under this policy
     np.testing.assert_allclose(np.asarray(st.params["w"]), [0.0, -2.5e-6, -0.1], rtol=1e-6)
+
+
+def test_all_finite_over_many_leaves_matches_numpy():
+    """state.all_finite (under jit) against numpy's isfinite over every entry: a single NaN, +inf
+    or -inf in any one of 40 leaves is caught; the largest finite float32 values are not."""
+    rng = np.random.default_rng(0)
+    leaves = [rng.standard_normal((3, 5) if i % 2 else (7,)).astype(np.float32) for i in range(40)]
+    leaves[3][0] = np.finfo(np.float32).max
+    leaves[9][2, 4] = -np.finfo(np.float32).max
+    check = jax.jit(state.all_finite)
+    assert bool(check(leaves)) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in (0, 17, 39):
+            tree = [leaf.copy() for leaf in leaves]
+            tree[i].flat[-1] = bad
+            want = all(np.isfinite(leaf).all() for leaf in tree)
+            assert want is False and bool(check({"a": tree[:20], "b": tree[20:]})) is want

@@ -376,8 +376,7 @@ def run_peers(budget: float, scratch: str, device: str) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    harness.check_command_line(argv)
     logging.set_verbosity(logging.WARNING)
     unknown = [s for s in FLAGS.stages if s not in STAGES] + [m for m in FLAGS.methods if m not in methods_lib.REGISTRY]
     if unknown:

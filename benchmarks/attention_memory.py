@@ -79,11 +79,8 @@ def markdown(report: dict) -> str:
 
 
 def main(argv):
-    del argv
+    harness.check_command_line(argv, kinds=(FLAGS.kinds, attention_lib.ATTENTION_KINDS))
     tokens = [int(n) for n in FLAGS.tokens]
-    for kind in FLAGS.kinds:
-        if kind not in attention_lib.ATTENTION_KINDS:
-            raise app.UsageError(f"--kinds: {kind!r} is not one of {attention_lib.ATTENTION_KINDS}")
     rows, t0 = [], time.perf_counter()
     for name in FUNCTIONS:
         for kind in FLAGS.kinds:

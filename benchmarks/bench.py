@@ -311,8 +311,7 @@ def settings() -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    harness.check_command_line(argv)
     logging.set_verbosity(logging.WARNING)  # the per-method setup logs would drown the progress lines
     if FLAGS.profile:
         return run_profile()

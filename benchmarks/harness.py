@@ -106,6 +106,19 @@ def network_model(network: str) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
 
 
+def check_command_line(argv: list[str], **names: tuple[list[str], Any]) -> None:
+    """A benchmark's usage errors: arguments left after the flags, and for each keyword
+    (e.g. runs=(FLAGS.runs, RUNS)) names that are not among the known ones."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for what, (given, known) in names.items():
+        unknown = [n for n in given if n not in known]
+        if unknown:
+            raise app.UsageError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+
+
 def method_config(method: str) -> ml_collections.ConfigDict:
     """configs/<method>_digits.py, the settings a benchmark of `method` starts from."""
     if method not in methods_lib.REGISTRY:

@@ -258,11 +258,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = [d for d in FLAGS.datasets if d not in DATASETS]
-    if unknown:
-        raise app.UsageError(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    harness.check_command_line(argv, datasets=(FLAGS.datasets, DATASETS))
     if min(FLAGS.examples, FLAGS.batch, FLAGS.batches) < 1 or FLAGS.examples < 2 * FLAGS.batch:
         raise app.UsageError("--examples, --batch and --batches must be positive, --examples >= 2 x --batch")
     logging.set_verbosity(logging.WARNING)

@@ -169,8 +169,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    harness.check_command_line(argv)
     unknown = sorted(set(FLAGS.parts) - {"encode", "decode", "dinov2", "inception"})
     unknown += sorted(set(FLAGS.precisions) - set(PRECISIONS))
     if unknown or FLAGS.reps < 1 or FLAGS.resolution % 8:

@@ -296,11 +296,7 @@ def measure_in_fresh_process(name: str, remat: str, path: str) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = [r for r in FLAGS.runs if r not in RUNS]
-    if unknown:
-        raise app.UsageError(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
+    harness.check_command_line(argv, runs=(FLAGS.runs, RUNS))
     if FLAGS.memory_batch < 1 or FLAGS.time_batch < 0 or FLAGS.steps < 1:
         raise app.UsageError("--memory_batch and --steps must be positive, --time_batch not negative")
     try:

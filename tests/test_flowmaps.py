@@ -831,6 +831,13 @@ def test_bad_requests_fail_in_one_line():
         ValueError, match=r"is a 'edm' run \(edm parameterization\); method.teacher_kind='flow' needs a flow one"
     ):
         ayf.load_frozen(edm_loader)
+
+    def other_data_loader(workdir):
+        return ml_collections.ConfigDict(dict(method=dict(name="flow"), data=dict(name="digits"))), {}
+
+    wrong_data = r"^ayf: the teacher at runs/mf was trained on 'digits' \(this run: 'gauss'\)$"
+    with pytest.raises(ValueError, match=wrong_data):
+        ayf.load_frozen(other_data_loader)
     with pytest.raises(ValueError, match="the decoupled flow map needs one of the networks"):
         edm2 = models.build(
             ml_collections.ConfigDict(

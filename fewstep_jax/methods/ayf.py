@@ -135,10 +135,7 @@ class AlignYourFlow(flowmap.FlowMapMethod):
                 f"ayf: the teacher at {source} is {what} ({kind} parameterization); "
                 f"method.teacher_kind={c.teacher_kind!r} needs a {c.teacher_kind} one{fix}"
             )
-        if config.data.name != self.info.name and not (released and not config.data.name):
-            raise ValueError(
-                f"ayf: the teacher at {source} was trained on {config.data.name!r} (this run: {self.info.name!r})"
-            )
+        self.check_teacher_data(source, config)
         if kind == "flow" and config.method.get("noise_std", 1.0) != 1.0:
             raise ValueError(f"ayf: the flow teacher at {source} uses noise_std={config.method.noise_std}, not 1")
         return config

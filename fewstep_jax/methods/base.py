@@ -128,6 +128,16 @@ class Method(abc.ABC):
         self.conditional = info.num_classes > 0
         self.check()
 
+    def check_teacher_data(self, source: str, config: Any) -> None:
+        """A frozen teacher's config (load_frozen) must come from a run on this run's data. An
+        official file whose data is none of the suite's datasets has no data name; its shape, labels
+        and latent preset are checked when it is loaded (experiment.check_imported_data)."""
+        if config.data.name != self.info.name and not ("pretrained" in config and not config.data.name):
+            raise ValueError(
+                f"{self.name}: the teacher at {source} was trained on {config.data.name!r} "
+                f"(this run: {self.info.name!r})"
+            )
+
     def check(self) -> None:
         """Validate the typed config (raise ValueError); called at construction."""
 

@@ -277,17 +277,12 @@ class SCMDistillation(SCMTraining):
         """The teacher's config (model, data, method sections) as this method uses it, checked: a
         TrigFlow run on this data, or an official EDM / EDM2 file (or its import_weights folder),
         an EDM-preconditioned denoiser used through the exact TrigFlow conversion
-        (models.pretrained.as_trigflow). Raises a one-line ValueError otherwise."""
+        (models.pretrained.as_trigflow), whose data shape and labels were checked when it was loaded
+        (experiment.check_imported_data). Raises a one-line ValueError otherwise."""
         from fewstep_jax.models import pretrained
 
         if "pretrained" in config and config.method.name != self.teacher_method:
             config = pretrained.as_trigflow(config)
-            shape, num_classes = tuple(config.pretrained.data_shape), int(config.pretrained.num_classes)
-            if (shape, num_classes) != (tuple(self.info.shape), self.info.num_classes):
-                raise ValueError(
-                    f"scm_scd: the teacher {source} is a model of shape {shape} with {num_classes} classes "
-                    f"(this run: {tuple(self.info.shape)}, {self.info.num_classes} classes)"
-                )
             if self.guided_teacher:
                 raise ValueError(
                     f"scm_scd: teacher guidance (method.teacher_guidance_max > 1) needs the teacher's "
@@ -299,10 +294,7 @@ class SCMDistillation(SCMTraining):
             raise ValueError(
                 f"scm_scd: the teacher at {source} is a {config.method.name!r} run, not {self.teacher_method!r}"
             )
-        if config.data.name != self.info.name and not ("pretrained" in config and not config.data.name):
-            raise ValueError(
-                f"scm_scd: the teacher at {source} was trained on {config.data.name!r} (this run: {self.info.name!r})"
-            )
+        self.check_teacher_data(source, config)
         if abs(config.method.sigma_d - self.cfg.sigma_d) > 1e-12:
             raise ValueError(
                 f"scm_scd: teacher sigma_d={config.method.sigma_d} differs from method.sigma_d={self.cfg.sigma_d}"

@@ -195,18 +195,14 @@ def _fir_up(h: Array, taps: list[float], edge: int, axis: int) -> Array:
 
 
 def _weighted_slices(h: Array, taps: list[float], axis: int, out_len: int, stride: int) -> Array:
-    """sum_k taps[k] h[k + stride * i] along `axis`, i = 0..out_len - 1; zero taps are skipped."""
-    out = None
-    for k, tap in enumerate(taps):
-        if tap == 0.0:
-            continue
-        part = jax.lax.slice_in_dim(h, k, k + stride * (out_len - 1) + 1, stride, axis) * jnp.asarray(tap, h.dtype)
-        out = part if out is None else out + part
-    if out is None:
-        shape = list(h.shape)
-        shape[axis] = out_len
-        return jnp.zeros(shape, h.dtype)
-    return out
+    """sum_k taps[k] h[k + stride * i] along `axis`, i = 0..out_len - 1; zero taps are skipped
+    (resample refuses filters that sum to zero, so at least one tap is not)."""
+    parts = [
+        jax.lax.slice_in_dim(h, k, k + stride * (out_len - 1) + 1, stride, axis) * jnp.asarray(tap, h.dtype)
+        for k, tap in enumerate(taps)
+        if tap != 0.0
+    ]
+    return sum(parts[1:], parts[0])
 
 
 def check_square_input(x: Array, levels: int, network: str) -> None:

@@ -95,11 +95,7 @@ def measure(part: str, batch: int, name: str, reference: dict) -> dict:
     start = time.perf_counter()
     compiled = fn.lower(params, x).compile()
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    mib = None
-    if memory is not None:
-        total = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-        mib = total / 2**20
+    plan = harness.memory_plan(compiled)  # nothing is donated: total = arguments + outputs + temporaries
     out = np.asarray(jax.block_until_ready(compiled(params, x)), np.float64)
     times = []
     for _ in range(FLAGS.reps):
@@ -111,7 +107,7 @@ def measure(part: str, batch: int, name: str, reference: dict) -> dict:
         batch=batch,
         precision=name,
         compile_s=compile_s,
-        memory_mib=mib,
+        memory_mib=None if plan is None else plan["total"],
         median_s=statistics.median(times),
         images_per_s=batch / statistics.median(times),
     )

@@ -340,7 +340,7 @@ def run_jax_stage(stage: str, budget: float, scratch: str) -> dict:
 
 
 def peer_device(report: dict) -> str:
-    machine = (report["stages"].get("matmul", {}).get("result") or {}).get("machine") or {}
+    machine = stage_result(report, "matmul").get("machine") or {}
     return "cuda" if machine.get("platform") == "gpu" and not FLAGS.tiny else "cpu"
 
 
@@ -432,7 +432,7 @@ def main(argv):
 
 def machine_tag(report: dict) -> str:
     """The device's tag once the matmul stage has described it ('' until then)."""
-    machine = (report["stages"].get("matmul", {}).get("result") or {}).get("machine")
+    machine = stage_result(report, "matmul").get("machine")
     if not machine:
         return ""
     return harness.machine_tag(machine) + ("-tiny" if FLAGS.tiny else "")
@@ -440,7 +440,7 @@ def machine_tag(report: dict) -> str:
 
 def write(report: dict, tag: str) -> str:
     report["wall_s"] = time.perf_counter() - harness.T0
-    report["machine"] = (report["stages"].get("matmul", {}).get("result") or {}).get("machine")
+    report["machine"] = stage_result(report, "matmul").get("machine")
     report.update(evaluate(report))
     return harness.write_report(FLAGS.out_dir, f"accelerator_{tag or 'unknown-device'}", report, markdown(report))
 
@@ -448,13 +448,17 @@ def write(report: dict, tag: str) -> str:
 # ---------------------------------------------------------------------------- derived figures
 
 
+def stage_result(report: dict, stage: str) -> dict:
+    """What a stage recorded so far ({} before it ran or when it recorded nothing)."""
+    return report["stages"].get(stage, {}).get("result") or {}
+
+
 def stage_rows(report: dict, stage: str) -> dict[str, dict]:
-    result = report["stages"].get(stage, {}).get("result") or {}
-    return result.get("methods") or {}
+    return stage_result(report, stage).get("methods") or {}
 
 
 def peer_config(report: dict, name: str) -> dict | None:
-    result = report["stages"].get("peers", {}).get("result") or {}
+    result = stage_result(report, "peers")
     for c in result.get("configs") or []:
         if f"{c['peer']}/{c['config']}" == name:
             return c
@@ -490,7 +494,7 @@ def target(name: str, value: float | None, op: str, threshold: float, missing: s
 def evaluate(report: dict) -> dict:
     """MFU of every timed method, the issue's targets and the comparisons with the peers, from the
     figures recorded so far."""
-    matmul = report["stages"].get("matmul", {}).get("result") or {}
+    matmul = stage_result(report, "matmul")
     measured, datasheet = matmul.get("measured_tflops"), matmul.get("datasheet_tflops")
     for stage in MODEL_STAGES:
         for row in stage_rows(report, stage).values():
@@ -568,7 +572,7 @@ def markdown(report: dict) -> str:
         phase = (r.get("result") or {}).get("phase")
         note = "; ".join(x for x in (r.get("reason"), f"reached phase '{phase}'" if phase else None) if x)
         lines.append(f"| {name} | {r['status']} | {r['wall_s']:.0f}{budget} | {note or '-'} |")
-    matmul = report["stages"].get("matmul", {}).get("result") or {}
+    matmul = stage_result(report, "matmul")
     lines += [
         "",
         "## Targets (computed from the figures below; reported, not enforced)",
@@ -600,7 +604,7 @@ def markdown(report: dict) -> str:
             lines.append(step_line(stage, m, r))
     memory_notes = []
     for stage in MODEL_STAGES:
-        result = report["stages"].get(stage, {}).get("result") or {}
+        result = stage_result(report, stage)
         if "host_peak_rss_mib" in result:
             device = result["device_peak_mib"]
             device = "no device memory stats" if device is None else f"device peak {device:.0f} MiB"

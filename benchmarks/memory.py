@@ -244,6 +244,15 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']['description']}. Command: `{report['command']}` "
         f"({report['wall_s'] / 60:.0f} min).",
         "",
+        *(
+            []
+            if report["complete"]
+            else [
+                f"**Partial: {len(report['rows'])} of {len(report['planned'])} planned rows** (the run was "
+                "stopped or is still going; the file is rewritten after every row).",
+                "",
+            ]
+        ),
         f"Train step: XLA's plan of the whole training step (Adam, EMAs, model.attention='{s['attention']}') at "
         f"batch {s['memory_batch']} per device, compiled only; total = arguments + temporaries + outputs - donated. "
         + (
@@ -308,18 +317,10 @@ def main(argv):
         with open(FLAGS.part_out, "w") as f:
             json.dump(measure(FLAGS.runs[0], FLAGS.remat[0]), f)
         return
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="memory_") as scratch:
-        for name in FLAGS.runs:
-            for remat in FLAGS.remat:
-                if FLAGS.fresh_process:
-                    rows.append(measure_in_fresh_process(name, remat, os.path.join(scratch, f"{name}-{remat}.json")))
-                else:
-                    rows.append(measure(name, remat))
     report = {
         "schema": 1,
         "command": "python benchmarks/memory.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "wall_s": time.perf_counter() - harness.T0,
+        "wall_s": 0.0,
         "machine": harness.describe_machine(),
         "settings": {
             "memory_batch": FLAGS.memory_batch,
@@ -328,10 +329,26 @@ def main(argv):
             "attention": FLAGS.attention,
             "compiler_options": KEEP_REMAT_BARRIERS,
         },
-        "rows": rows,
+        "planned": [[name, remat] for name in FLAGS.runs for remat in FLAGS.remat],
+        "rows": [],
+        "complete": False,
     }
     tag = FLAGS.tag or harness.machine_tag(report["machine"])
-    harness.publish_report(FLAGS.out_dir, f"memory_{tag}", report, markdown(report))
+    planned = report["planned"]
+    with tempfile.TemporaryDirectory(prefix="memory_") as scratch:
+        for i, (name, remat) in enumerate(planned):
+            if FLAGS.fresh_process:
+                row = measure_in_fresh_process(name, remat, os.path.join(scratch, f"{name}-{remat}.json"))
+            else:
+                row = measure(name, remat)
+            report["rows"].append(row)
+            report["wall_s"] = time.perf_counter() - harness.T0
+            report["complete"] = i + 1 == len(planned)
+            # Rewritten after every row: a run stopped part-way keeps what it measured.
+            if report["complete"]:
+                harness.publish_report(FLAGS.out_dir, f"memory_{tag}", report, markdown(report))
+            else:
+                harness.write_report(FLAGS.out_dir, f"memory_{tag}", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ def test_memory_bench_reports_its_own_plans_and_step_times(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((tmp_path / "memory_test.json").read_text())
     assert report["machine"]["description"] and report["settings"]["time_batch"] == 1
+    assert report["complete"] and report["planned"] == [
+        ["dit_xl2_meanflow", "none"],
+        ["dit_xl2_meanflow", "nothing_saveable"],
+    ]
     rows = report["rows"]
     assert [(r["run"], r["remat"]) for r in rows] == [
         ("dit_xl2_meanflow", "none"),
@@ -51,7 +55,7 @@ def test_memory_bench_reports_its_own_plans_and_step_times(tmp_path):
         grad = r["loss_grad"]
         assert len(grad["times_s"]) == 2 and grad["median_s"] == statistics.median(grad["times_s"])
         assert f"| dit_xl2_meanflow | {r['remat']} | {p['temp'] / 1024:.2f} |" in table
-    assert "Machine: " in table
+    assert "Machine: " in table and "Partial" not in table
 
 
 def test_memory_bench_refuses_unknown_runs_and_bad_overrides():

@@ -470,6 +470,75 @@ def test_resample_and_its_gradient_match_the_dense_float64_operator(mode, fir, p
     assert layers.resample(jnp.asarray(x, jnp.bfloat16), mode, fir, padding).dtype == jnp.bfloat16
 
 
+def _np_conv_taps(x, stride, pad, kernel_shape):
+    """float64 views x_pad[:, s h + i, s w + j, :] per tap (i, j) of a NHWC input."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = kernel_shape
+    out_h, out_w = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    return {
+        (i, j): xp[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
+        for i in range(kh)
+        for j in range(kw)
+    }
+
+
+def _np_conv(x, w, stride, pad):
+    taps = _np_conv_taps(x, stride, pad, w.shape[:2])
+    return sum(np.einsum("bhwc,co->bhwo", t, w[i, j]) for (i, j), t in taps.items())
+
+
+def _np_conv_kernel_grad(x, g, stride, pad, kernel_shape):
+    taps = _np_conv_taps(x, stride, pad, kernel_shape)
+    out = np.zeros((*kernel_shape, x.shape[-1], g.shape[-1]))
+    for (i, j), t in taps.items():
+        out[i, j] = np.einsum("bhwc,bhwo->co", t, g)
+    return out
+
+
+def _np_conv_input_grad(g, w, stride, pad, x_shape):
+    b, h, wd, c = x_shape
+    gp = np.zeros((b, h + 2 * pad, wd + 2 * pad, c))
+    for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            gp[:, i : i + stride * g.shape[1] : stride, j : j + stride * g.shape[2] : stride] += np.einsum(
+                "bhwo,co->bhwc", g, w[i, j]
+            )
+    return gp[:, pad : pad + h, pad : pad + wd]
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 1, 1), (1, 1, 0), (3, 2, 1), (4, 1, 2)])
+def test_conv_and_its_derivatives_match_float64_formulas(kernel, stride, pad):
+    """layers.conv_general_dilated (the convolution whose kernel gradient is computed by per-tap
+    matmuls on a CPU) against float64 numpy: value, gradient w.r.t. input and kernel, and the
+    MeanFlow pattern, a jvp in the input followed by a gradient in the kernel:
+    d/dW sum(conv(x, W) * conv(v, W)) = K(x, conv(v, W)) + K(v, conv(x, W)), K the kernel gradient."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    v = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, 3, 4)).astype(np.float32)
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, w):
+        return layers.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=dims)
+
+    y = _np_conv(x, w, stride, pad)
+    np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x), jnp.asarray(w))), y, rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal(y.shape)
+    _, vjp = jax.vjp(conv, jnp.asarray(x), jnp.asarray(w))
+    gx, gw = vjp(jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(np.asarray(gx), _np_conv_input_grad(g, w, stride, pad, x.shape), rtol=1e-5, atol=1e-5)
+    want_gw = _np_conv_kernel_grad(x, g, stride, pad, w.shape[:2])
+    np.testing.assert_allclose(np.asarray(gw), want_gw, rtol=1e-5, atol=1e-4)
+
+    def meanflow_like(w):
+        out, tangent = jax.jvp(lambda x: conv(x, w), (jnp.asarray(x),), (jnp.asarray(v),))
+        return jnp.sum(out * tangent)
+
+    want = _np_conv_kernel_grad(x, _np_conv(v, w, stride, pad), stride, pad, w.shape[:2])
+    want += _np_conv_kernel_grad(v, y, stride, pad, w.shape[:2])
+    np.testing.assert_allclose(np.asarray(jax.grad(meanflow_like)(jnp.asarray(w))), want, rtol=1e-5, atol=1e-3)
+
+
 def _analytic_ddpmpp_params(channels: int, mult, blocks: int, attn, res: int, img: int) -> int:
     """Parameter count of EDM's DDPM++ (SongUNet) as described (independent of the Flax code):
     biased 3x3 / 1x1 convs, GroupNorm scale + bias, one embedding Linear per block (no adaptive

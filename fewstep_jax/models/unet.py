@@ -77,6 +77,7 @@ def _conv(features: int, kernel: int, dtype: Any, name: str, init=layers.xavier_
         dtype=dtype,
         kernel_init=init,
         name=name,
+        conv_general_dilated=layers.conv_general_dilated,
         **kw,
     )
 
@@ -238,7 +239,7 @@ class ResidualDown(nn.Module):
         pad = 1 + (len(self.resample_filter) - 1) // 2
         h = nn.Conv(
             self.features, (3, 3), padding=((pad, pad),) * 2, dtype=self.dtype,
-            kernel_init=layers.xavier_uniform, name="conv",
+            kernel_init=layers.xavier_uniform, name="conv", conv_general_dilated=layers.conv_general_dilated,
         )(x)
         return layers.resample(h, "down", self.resample_filter, padding=0)
 

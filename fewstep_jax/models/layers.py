@@ -219,19 +219,19 @@ def conv_general_dilated(
     **kwargs: Any,
 ) -> Array:
     """jax.lax.conv_general_dilated, the same function, whose derivative w.r.t. the kernel is
-    computed as matrix products on a CPU (pass it as flax.linen.Conv(conv_general_dilated=...)).
+    computed as a matrix product on a CPU (pass it as flax.linen.Conv(conv_general_dilated=...)).
 
     XLA:CPU computes a kernel gradient as a convolution whose window is the whole image (e.g.
-    32x32, summing over the batch as the input's feature axis), which runs at a third of the
-    speed of the forward convolution; written as one matrix product per kernel tap,
+    32x32, the batch as the input's feature axis), which runs at a third of the speed of the
+    forward convolution. Written as a matrix product over the kernel taps,
         dW[i, j] = sum over (b, h, w) of x_pad[b, s h + i, s w + j, :]^T g[b, h, w, :],
-    it runs at the speed of a matmul. So on a CPU, for NHWC / HWIO convolutions without
+    it runs at about the speed of a matmul. So on a CPU, for NHWC / HWIO convolutions without
     dilation or groups and with explicit padding, this is a jax.custom_jvp function: its value
     and its tangent w.r.t. the input are lax convolutions (this function again, so that higher
-    orders keep the rule), its tangent w.r.t. the kernel is that sum of per-tap products
-    (`_conv_taps`), whose transpose is the products above. jax.jvp, jax.grad and their
-    compositions go through (no custom_vjp). Anything else, and every other backend, calls
-    lax.conv_general_dilated directly.
+    orders keep the rule); its tangent w.r.t. the kernel is the same convolution written as one
+    matrix product of the stacked taps (`_conv_taps`), whose transpose is the sum above.
+    jax.jvp, jax.grad and their compositions go through (no custom_vjp). Anything else, and
+    every other backend, calls lax.conv_general_dilated directly.
     """
     simple = (
         jax.default_backend() == "cpu"
@@ -281,28 +281,28 @@ def _conv_nhwc_jvp(config: tuple, primals: tuple, tangents: tuple) -> tuple[Arra
 _conv_nhwc.defjvp(_conv_nhwc_jvp, symbolic_zeros=True)
 
 
+@partial(jax.checkpoint, static_argnums=(0,))
 def _conv_taps(config: tuple, x: Array, w: Array) -> Array:
-    """The convolution as a sum over kernel taps (i, j) of x_pad[:, s h + i, s w + j, :] @ w[i, j],
-    accumulated in at least float32."""
+    """The convolution as one matrix product: the kernel taps' shifted views of the padded input,
+    x_pad[:, s h + i, s w + j, :], stacked into [B, H', W', kh, kw, Cin] (im2col), contracted
+    with w [kh, kw, Cin, Cout] in at least float32. Its transpose w.r.t. w is the kernel gradient
+    as a single [kh kw Cin, B H' W'] x [B H' W', Cout] product. Checkpointed, so that reverse mode
+    keeps x and rebuilds the views when it needs them instead of storing kh kw copies of x."""
     strides, padding, precision = config
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     kh, kw = w.shape[:2]
     out_h = (xp.shape[1] - kh) // strides[0] + 1
     out_w = (xp.shape[2] - kw) // strides[1] + 1
+
+    def tap(i: int, j: int) -> Array:
+        limit = (xp.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1, xp.shape[3])
+        return jax.lax.slice(xp, (0, i, j, 0), limit, (1, strides[0], strides[1], 1))
+
+    cols = jnp.stack([jnp.stack([tap(i, j) for j in range(kw)], axis=3) for i in range(kh)], axis=3)
     accumulate = at_least_float32(jnp.result_type(x, w))
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = jax.lax.slice(
-                xp,
-                (0, i, j, 0),
-                (xp.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1, xp.shape[3]),
-                (1, strides[0], strides[1], 1),
-            )
-            term = jax.lax.dot_general(
-                tap, w[i, j], (((3,), (0,)), ((), ())), precision=precision, preferred_element_type=accumulate
-            )
-            out = term if out is None else out + term
+    out = jax.lax.dot_general(
+        cols, w, (((3, 4, 5), (0, 1, 2)), ((), ())), precision=precision, preferred_element_type=accumulate
+    )
     return out.astype(jnp.result_type(x, w))
 
 

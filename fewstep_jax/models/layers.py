@@ -228,8 +228,8 @@ def conv_general_dilated(
     it runs at about the speed of a matmul. So on a CPU, for NHWC / HWIO convolutions without
     dilation or groups and with explicit padding, this is a jax.custom_jvp function: its value
     and its tangent w.r.t. the input are lax convolutions (this function again, so that higher
-    orders keep the rule); its tangent w.r.t. the kernel is the same convolution written as one
-    matrix product of the stacked taps (`_conv_taps`), whose transpose is the sum above.
+    orders keep the rule); its tangent w.r.t. the kernel is the same convolution written as
+    matrix products of the stacked taps (`_conv_taps`), whose transpose is the sum above.
     jax.jvp, jax.grad and their compositions go through (no custom_vjp). Anything else, and
     every other backend, calls lax.conv_general_dilated directly.
     """
@@ -283,27 +283,36 @@ _conv_nhwc.defjvp(_conv_nhwc_jvp, symbolic_zeros=True)
 
 @partial(jax.checkpoint, static_argnums=(0,))
 def _conv_taps(config: tuple, x: Array, w: Array) -> Array:
-    """The convolution as one matrix product: the kernel taps' shifted views of the padded input,
-    x_pad[:, s h + i, s w + j, :], stacked into [B, H', W', kh, kw, Cin] (im2col), contracted
-    with w [kh, kw, Cin, Cout] in at least float32. Its transpose w.r.t. w is the kernel gradient
-    as a single [kh kw Cin, B H' W'] x [B H' W', Cout] product. Checkpointed, so that reverse mode
-    keeps x and rebuilds the views when it needs them instead of storing kh kw copies of x."""
+    """The convolution as matrix products, one per kernel row i: the row's taps' shifted views of
+    the padded input, x_pad[:, s h + i, s w + j, :] for every j, side by side on the channel axis
+    ([B, H', W', kw Cin], im2col along the row), times w[i] as a [kw Cin, Cout] matrix, summed
+    over i in at least float32. Its transpose w.r.t. w is the kernel gradient as kh products
+    [kw Cin, B H' W'] x [B H' W', Cout]. The rows are a lax.scan with a checkpointed body and the
+    whole is checkpointed, so reverse mode keeps only x and builds one row's views at a time
+    (kh copies of the input at once would double the step's temporary memory)."""
     strides, padding, precision = config
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    kh, kw = w.shape[:2]
+    kh, kw, cin, cout = w.shape
     out_h = (xp.shape[1] - kh) // strides[0] + 1
     out_w = (xp.shape[2] - kw) // strides[1] + 1
-
-    def tap(i: int, j: int) -> Array:
-        limit = (xp.shape[0], i + strides[0] * (out_h - 1) + 1, j + strides[1] * (out_w - 1) + 1, xp.shape[3])
-        return jax.lax.slice(xp, (0, i, j, 0), limit, (1, strides[0], strides[1], 1))
-
-    cols = jnp.stack([jnp.stack([tap(i, j) for j in range(kw)], axis=3) for i in range(kh)], axis=3)
     accumulate = at_least_float32(jnp.result_type(x, w))
-    out = jax.lax.dot_general(
-        cols, w, (((3, 4, 5), (0, 1, 2)), ((), ())), precision=precision, preferred_element_type=accumulate
-    )
-    return out.astype(jnp.result_type(x, w))
+    rows_w = w.reshape(kh, kw * cin, cout)
+
+    @jax.checkpoint
+    def row(total: Array, i: Array) -> tuple[Array, None]:
+        band = jax.lax.dynamic_slice_in_dim(xp, i, strides[0] * (out_h - 1) + 1, axis=1)[:, :: strides[0]]
+        cols = jnp.concatenate(
+            [jax.lax.slice_in_dim(band, j, j + strides[1] * (out_w - 1) + 1, strides[1], axis=2) for j in range(kw)],
+            axis=-1,
+        )
+        product = jax.lax.dot_general(
+            cols, rows_w[i], (((3,), (0,)), ((), ())), precision=precision, preferred_element_type=accumulate
+        )
+        return total + product, None
+
+    total = jnp.zeros((x.shape[0], out_h, out_w, cout), accumulate)
+    total, _ = jax.lax.scan(row, total, jnp.arange(kh))
+    return total.astype(jnp.result_type(x, w))
 
 
 def check_square_input(x: Array, levels: int, network: str) -> None:

@@ -237,7 +237,7 @@ def conv_general_dilated(
         jax.default_backend() == "cpu"
         and not kwargs
         and feature_group_count == 1
-        and dimension_numbers in (("NHWC", "HWIO", "NHWC"), ConvDimensionNumbers(*_NHWC_DIMS))
+        and dimension_numbers in (("NHWC", "HWIO", "NHWC"), _NHWC_DIMS)
         and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
         and not isinstance(padding, str)
         and lhs.ndim == 4
@@ -252,8 +252,8 @@ def conv_general_dilated(
     return _conv_nhwc(config, lhs, rhs)
 
 
-_NHWC_DIMS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-ConvDimensionNumbers = jax.lax.ConvDimensionNumbers
+#: ("NHWC", "HWIO", "NHWC") as the ConvDimensionNumbers flax.linen.Conv passes.
+_NHWC_DIMS = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))

@@ -64,7 +64,7 @@ bench-latent: $(STAMP)
 
 # XLA's memory plan of the jvp training step (DiT-XL/2 MeanFlow, EDM2-L sCT) per rematerialization
 # policy (model.remat), and the measured loss + gradient step; writes benchmarks/results/memory_<machine>.{json,md}.
-# About an hour on 2 CPU cores; compile-only: make bench-memory MEMORY_ARGS='--time_batch=0'.
+# About 25 minutes on 2 CPU cores; compile-only (6 minutes): make bench-memory MEMORY_ARGS='--time_batch=0'.
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py $(MEMORY_ARGS)
 

@@ -539,6 +539,50 @@ def test_conv_and_its_derivatives_match_float64_formulas(kernel, stride, pad):
     np.testing.assert_allclose(np.asarray(jax.grad(meanflow_like)(jnp.asarray(w))), want, rtol=1e-5, atol=1e-3)
 
 
+def _primitive_counts(jaxpr, counts=None, prefix: str = "") -> dict:
+    """How often each primitive is called in a jaxpr, sub-jaxprs (scan bodies, custom_jvp and
+    checkpoint calls) entered at every call site; what a custom_jvp function calls is counted
+    as "custom_jvp_call/<primitive>"."""
+    counts = {} if counts is None else counts
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        counts[prefix + name] = counts.get(prefix + name, 0) + 1
+        inner = "custom_jvp_call/" if name == "custom_jvp_call" else prefix
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    _primitive_counts(sub, counts, inner)
+    return counts
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-wise kernel gradient is CPU-only")
+def test_every_unet_convolution_takes_the_row_wise_kernel_gradient_on_a_cpu():
+    """The values above cannot tell the fast path from lax.conv's own, so check the structure,
+    in the DDPM++ layout (resampling residual blocks, 1x1 skips): every convolution of the
+    forward pass is inside the custom_jvp function, once per kernel; the gradient takes lax.conv
+    only for values and input gradients (at most 2 per kernel, where lax.conv's own rule adds a
+    third, the kernel gradient) and loops over kernel rows (a scan per kernel of height > 1).
+    A flax change that passed the padding as a string, or a layer built without the function,
+    fails here."""
+    cfg = dict(recipes.ddpmpp_unet(), channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,))
+    net = _build(cfg, (8, 8, 3))
+    x, t = jnp.zeros((2, 8, 8, 3)), jnp.full((2,), 0.5)
+    params = net.init(jax.random.key(0), x, t, train=False)
+    kernels = [
+        leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if "kernel" in jax.tree_util.keystr(path) and leaf.ndim == 4
+    ]
+    assert len(kernels) > 10
+    forward = _primitive_counts(jax.make_jaxpr(lambda p: net.apply(p, x, t, train=False))(params).jaxpr)
+    assert forward.get("custom_jvp_call/conv_general_dilated", 0) == len(kernels)
+    assert "conv_general_dilated" not in forward  # no convolution outside the custom_jvp function
+    loss = lambda p: jnp.sum(net.apply(p, x, t, train=False) ** 2)
+    grad = _primitive_counts(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    assert grad["conv_general_dilated"] <= 2 * len(kernels)
+    assert grad["scan"] >= sum(k.shape[0] > 1 for k in kernels)
+
+
 def _analytic_ddpmpp_params(channels: int, mult, blocks: int, attn, res: int, img: int) -> int:
     """Parameter count of EDM's DDPM++ (SongUNet) as described (independent of the Flax code):
     biased 3x3 / 1x1 convs, GroupNorm scale + bias, one embedding Linear per block (no adaptive

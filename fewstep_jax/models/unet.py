@@ -69,11 +69,13 @@ def visited_resolutions(resolution: int, channel_mult: Sequence[int]) -> tuple[i
     return tuple(resolution // 2**i for i in range(len(channel_mult)))
 
 
-def _conv(features: int, kernel: int, dtype: Any, name: str, init=layers.xavier_uniform, **kw):
+def _conv(features: int, kernel: int, dtype: Any, name: str, init=layers.xavier_uniform, pad: int | None = None, **kw):
+    """A kernel x kernel convolution padded by `pad` on every side (default kernel // 2: same size)."""
+    pad = kernel // 2 if pad is None else pad
     return nn.Conv(
         features,
         (kernel, kernel),
-        padding=((kernel // 2, kernel // 2),) * 2,
+        padding=((pad, pad),) * 2,
         dtype=dtype,
         kernel_init=init,
         name=name,
@@ -237,10 +239,7 @@ class ResidualDown(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         pad = 1 + (len(self.resample_filter) - 1) // 2
-        h = nn.Conv(
-            self.features, (3, 3), padding=((pad, pad),) * 2, dtype=self.dtype,
-            kernel_init=layers.xavier_uniform, name="conv", conv_general_dilated=layers.conv_general_dilated,
-        )(x)
+        h = _conv(self.features, 3, self.dtype, "conv", pad=pad)(x)
         return layers.resample(h, "down", self.resample_filter, padding=0)
 
 
